@@ -1,0 +1,36 @@
+"""The modality-encoder interface every genomics and brain encoder implements (structurally; no import needed).
+
+An encoder is a torch.nn.Module with
+    output_dim: int                      # d, the width of its pooled output
+    forward(x: Tensor) -> Tensor         # (B, ...) -> (B, d)
+and, optionally,
+    fit(inputs: Iterable[Tensor]) -> None  # data-fitted baselines (e.g. tangent-space connectivity): training split only
+
+Its inputs come from a transform (a plain callable, built from the same Hydra config group):
+    genomics transform: transform(subject_id) -> LongTensor (R, H, L)    # regions x haplotypes x tokens
+                        ids are the CaduceusTokenizer ids of genomics.alphabet, left-padded with [PAD]
+    brain transform:    transform(fmri_path, train=bool, rng=np.random.Generator|None) -> FloatTensor (W, ...)
+                        W windows of the scan in the encoder's native layout (parcel series (W, T, P), SwiFT volumes
+                        (W, 1, X, Y, Z, T), BrainMT (W, T, 1, X, Y, Z)); training draws one random window (W=1),
+                        evaluation returns a fixed set of windows whose embeddings the encoder averages.
+Transforms take file paths in their constructor and open nothing until first called.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class ModalityEncoder(Protocol):
+    output_dim: int
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+def check_encoder(encoder: object, name: str) -> None:
+    """Fail early, naming the config group, when an object does not implement the encoder interface."""
+    if not isinstance(encoder, ModalityEncoder) or not isinstance(getattr(encoder, "output_dim", None), int):
+        raise TypeError(f"{name} encoder {type(encoder).__name__} must be an nn.Module with an int `output_dim`")
