@@ -1,0 +1,79 @@
+"""Functional connectivity (FC): the honest brain baseline every fMRI encoder must beat.
+
+Input: parcel time series windows (B, W, T, P) from brain.parcellation.ParcelTimeSeries.
+Output: (B, P*(P-1)/2) upper triangle (diagonal discarded) of each scan's connectivity, averaged over windows:
+  kind="correlation": nilearn ConnectivityMeasure (Ledoit-Wolf covariance -> correlation), Fisher z (arctanh) by default;
+  kind="tangent":     tangent-space embedding around the group mean of the *training* scans (Varoquaux et al. 2010);
+                      needs fit() on the training split; the whitening matrix is a buffer, so checkpoints carry it.
+No trainable parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def _vectorize(mats: np.ndarray) -> np.ndarray:
+    """(N, P, P) symmetric -> (N, P*(P-1)/2) strict upper triangle, row-major."""
+    iu = np.triu_indices(mats.shape[-1], k=1)
+    return mats[:, iu[0], iu[1]]
+
+
+def _map_eigenvalues(fn, mats: np.ndarray) -> np.ndarray:
+    """Apply fn to the eigenvalues of each symmetric matrix in (N, P, P)."""
+    vals, vecs = np.linalg.eigh(mats)
+    return (vecs * fn(vals)[..., None, :]) @ np.swapaxes(vecs, -1, -2)
+
+
+class FunctionalConnectivity(nn.Module):
+    """(B, W, T, P) parcel series -> (B, P*(P-1)/2) connectivity features."""
+
+    def __init__(self, n_parcels: int, kind: str = "correlation", fisher_z: bool = True):
+        super().__init__()
+        if kind not in ("correlation", "tangent"):
+            raise ValueError(f"kind must be 'correlation' or 'tangent', got {kind!r}")
+        self.n_parcels, self.kind, self.fisher_z = n_parcels, kind, fisher_z
+        self.output_dim = n_parcels * (n_parcels - 1) // 2
+        # tangent space: W = mean^{-1/2} of the training covariances (identity until fit)
+        self.register_buffer("whitening", torch.eye(n_parcels, dtype=torch.float64))
+        self.register_buffer("fitted", torch.tensor(kind == "correlation"))
+
+    def _covariances(self, series: np.ndarray) -> np.ndarray:
+        """(N, T, P) -> (N, P, P) Ledoit-Wolf covariances of z-scored series (nilearn's ConnectivityMeasure)."""
+        from nilearn.connectome import ConnectivityMeasure
+
+        kind = "correlation" if self.kind == "correlation" else "covariance"
+        return ConnectivityMeasure(kind=kind, standardize="zscore_sample").fit_transform(list(series))
+
+    def fit(self, inputs: Iterable[Tensor]) -> None:
+        """Fit the tangent reference on training inputs, each (W, T, P) or (B, W, T, P); no-op for correlation."""
+        if self.kind != "tangent":
+            return
+        from nilearn.connectome import ConnectivityMeasure
+
+        series = [w.numpy().astype(np.float64) for x in inputs for w in x.reshape(-1, *x.shape[-2:])]
+        measure = ConnectivityMeasure(kind="tangent", standardize="zscore_sample").fit(series)
+        whitening = measure.whitening_  # mean^{-1/2} of the training covariances (geometric mean)
+        self.whitening.copy_(torch.from_numpy(whitening))
+        self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        b, w, t, p = x.shape
+        if p != self.n_parcels:
+            raise ValueError(f"FunctionalConnectivity was built for {self.n_parcels} parcels, got {p}")
+        if not bool(self.fitted):
+            raise RuntimeError("tangent connectivity needs fit() on the training scans before use")
+        series = x.reshape(b * w, t, p).double().cpu().numpy()
+        mats = self._covariances(series)  # (B*W, P, P)
+        if self.kind == "tangent":
+            wm = self.whitening.cpu().numpy()
+            mats = _map_eigenvalues(np.log, wm @ mats @ wm)
+        elif self.fisher_z:
+            mats = np.arctanh(np.clip(mats, -0.999999, 0.999999))
+        feats = torch.from_numpy(_vectorize(mats)).float().reshape(b, w, -1).mean(1)  # (B, P*(P-1)/2)
+        return feats.to(x.device)

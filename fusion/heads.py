@@ -1,0 +1,34 @@
+"""Projection heads from an encoder's output_dim into the shared 512-D latent space.
+
+ProjectionHead has the CaduceusProjector shape (Linear(in, 1024), GELU, Dropout, Linear(1024, 512), LayerNorm), with an
+optional non-affine BatchNorm on its input (as MAE's linear probe), which standardises fixed baseline features whose
+scales differ by orders of magnitude (k-mer frequencies, Fisher-z correlations).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class ProjectionHead(nn.Module):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int = 1024,
+        out_dim: int = 512,
+        dropout: float = 0.1,
+        input_norm: bool = False,  # BatchNorm1d(affine=False) on the input features
+    ):
+        super().__init__()
+        self.input_norm = nn.BatchNorm1d(in_dim, affine=False) if input_norm else nn.Identity()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, out_dim),
+            nn.LayerNorm(out_dim),
+        )
+        self.output_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.input_norm(x))  # (B, in) -> (B, out)
