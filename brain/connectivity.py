@@ -32,31 +32,42 @@ def _map_eigenvalues(fn, mats: np.ndarray) -> np.ndarray:
 class FunctionalConnectivity(nn.Module):
     """(B, W, T, P) parcel series -> (B, P*(P-1)/2) connectivity features."""
 
-    def __init__(self, n_parcels: int, kind: str = "correlation", fisher_z: bool = True):
+    def __init__(
+        self,
+        n_parcels: int,
+        kind: str = "correlation",  # correlation | tangent
+        fisher_z: bool = True,  # arctanh of correlations
+        covariance: str = "ledoit_wolf",  # ledoit_wolf (nilearn's default, shrunk) | empirical (plain Pearson)
+    ):
         super().__init__()
         if kind not in ("correlation", "tangent"):
             raise ValueError(f"kind must be 'correlation' or 'tangent', got {kind!r}")
-        self.n_parcels, self.kind, self.fisher_z = n_parcels, kind, fisher_z
+        if covariance not in ("ledoit_wolf", "empirical"):
+            raise ValueError(f"covariance must be 'ledoit_wolf' or 'empirical', got {covariance!r}")
+        self.n_parcels, self.kind, self.fisher_z, self.covariance = n_parcels, kind, fisher_z, covariance
         self.output_dim = n_parcels * (n_parcels - 1) // 2
         # tangent space: W = mean^{-1/2} of the training covariances (identity until fit)
         self.register_buffer("whitening", torch.eye(n_parcels, dtype=torch.float64))
         self.register_buffer("fitted", torch.tensor(kind == "correlation"))
 
-    def _covariances(self, series: np.ndarray) -> np.ndarray:
-        """(N, T, P) -> (N, P, P) Ledoit-Wolf covariances of z-scored series (nilearn's ConnectivityMeasure)."""
+    def _measure(self, kind: str):
         from nilearn.connectome import ConnectivityMeasure
+        from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
+        estimator = LedoitWolf(store_precision=False) if self.covariance == "ledoit_wolf" else EmpiricalCovariance()
+        return ConnectivityMeasure(cov_estimator=estimator, kind=kind, standardize="zscore_sample")
+
+    def _covariances(self, series: np.ndarray) -> np.ndarray:
+        """(N, T, P) -> (N, P, P) correlations (kind correlation) or covariances of z-scored series (tangent)."""
         kind = "correlation" if self.kind == "correlation" else "covariance"
-        return ConnectivityMeasure(kind=kind, standardize="zscore_sample").fit_transform(list(series))
+        return self._measure(kind).fit_transform(list(series))
 
     def fit(self, inputs: Iterable[Tensor]) -> None:
         """Fit the tangent reference on training inputs, each (W, T, P) or (B, W, T, P); no-op for correlation."""
         if self.kind != "tangent":
             return
-        from nilearn.connectome import ConnectivityMeasure
-
         series = [w.numpy().astype(np.float64) for x in inputs for w in x.reshape(-1, *x.shape[-2:])]
-        measure = ConnectivityMeasure(kind="tangent", standardize="zscore_sample").fit(series)
+        measure = self._measure("tangent").fit(series)
         whitening = measure.whitening_  # mean^{-1/2} of the training covariances (geometric mean)
         self.whitening.copy_(torch.from_numpy(whitening))
         self.fitted.fill_(True)
