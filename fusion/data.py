@@ -1,0 +1,69 @@
+"""Paired (genotype, fMRI) subjects as a torch Dataset. Library code: no Lightning, no Hydra.
+
+Item: {"index": int, "subject_id": str, "genomics": LongTensor (R, H, L), "brain": FloatTensor (W, ...)}.
+Pairing is by subject id: the genomics transform looks the id up in the VCF, the brain transform reads that subject's
+fMRI path from the manifest row. Training indices come from EpochSampler as (index, epoch) pairs; random choices
+(training windows) draw from a generator seeded by (seed, epoch, index), so an epoch is reproducible, a resumed run
+sees the same windows, and persistent dataloader workers need no epoch broadcast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class PairedDataset(Dataset):
+    def __init__(
+        self,
+        subject_ids: Sequence[str],
+        fmri_paths: Sequence[str],
+        genomics_transform: Callable,
+        brain_transform: Callable,
+        train: bool = False,
+        seed: int = 0,
+    ):
+        if len(subject_ids) != len(fmri_paths):
+            raise ValueError("subject_ids and fmri_paths must have the same length")
+        self.subject_ids, self.fmri_paths = list(subject_ids), list(fmri_paths)
+        self.genomics_transform, self.brain_transform = genomics_transform, brain_transform
+        self.train, self.seed = train, seed
+
+    def __len__(self) -> int:
+        return len(self.subject_ids)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        sid = self.subject_ids[index]
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        return {
+            "index": index,
+            "subject_id": sid,
+            "genomics": self.genomics_transform(sid),  # (R, H, L)
+            "brain": self.brain_transform(self.fmri_paths[index], train=self.train, rng=rng),  # (W, ...)
+        }
+
+
+class EpochSampler(Sampler):
+    """Shuffles indices with a generator seeded by (seed, epoch) and yields (index, epoch) pairs.
+
+    Lightning calls set_epoch() at every epoch start (also after a resume), so the order is a function of the epoch.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.arange(self.n)
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        return iter([(int(i), self.epoch) for i in order])

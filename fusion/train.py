@@ -1,0 +1,91 @@
+"""Training entry point: `python -m fusion.train [experiment=X] [key=value ...]` (Hydra).
+
+seed -> cohort (generated demo cohort when data.manifest is null; validated before any compute) -> transforms,
+datamodule, model, callbacks, loggers, trainer -> fit (resumes from ckpt_path) -> test on the best checkpoint.
+Returns the value of `optimized_metric` for sweepers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fusion.cohort_config import resolve_cohort
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list:
+    """Callbacks / loggers: every entry of the group that has a _target_."""
+    return [instantiate(c) for c in (cfg or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build(cfg: DictConfig):
+    """Instantiate datamodule and LightningModule from a composed config (cohort paths must be resolved)."""
+    datamodule = instantiate(
+        cfg.data,
+        genomics_transform=instantiate(cfg.genomics.transform),
+        brain_transform=instantiate(cfg.brain.transform),
+        _recursive_=False,
+    )
+    with open_dict(cfg):
+        cfg.data.n_regions = datamodule.cohort.n_regions
+        cfg.data.n_parcels = datamodule.cohort.n_parcels
+    model = instantiate(cfg.model)
+    return datamodule, model
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """Fit and test; returns (metrics, objects). Used by the CLI and by the tests."""
+    L.seed_everything(cfg.seed, workers=True)
+    resolve_cohort(cfg)
+    datamodule, model = build(cfg)
+    log.info("cohort: %s", datamodule.report.summary())
+    log.info("subjects per split: %s", datamodule.split_sizes())
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)  # what export and resumes read back
+
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_dict(cfg.get("callbacks")), logger=instantiate_dict(cfg.get("logger")) or False
+    )
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint found; testing the current weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        metrics |= test
+        log.info("test retrieval: %s", format_retrieval(test, datamodule.split_sizes()["test"]))
+        print(format_retrieval(test, datamodule.split_sizes()["test"]))
+    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+
+
+def format_retrieval(metrics: dict, n: int) -> str:
+    lines = [f"test retrieval on {n} held-out subjects (chance R@1 = {1 / max(n, 1):.3f}):"]
+    for direction in ("g2b", "b2g"):
+        keys = ("R@1", "R@5", "R@10", "mean_rank", "median_rank")
+        vals = "  ".join(f"{k}={metrics.get(f'test/{direction}/{k}', float('nan')):.3f}" for k in keys)
+        lines.append(f"  {'genome->brain' if direction == 'g2b' else 'brain->genome'}: {vals}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    torch.set_float32_matmul_precision("high")
+    metrics, _ = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
