@@ -1,0 +1,108 @@
+"""Genomic regions from a BED file (0-based, half-open; optional 4th column = name), checked against a reference.
+
+    regions, problems = parse_bed(path)       # every bad line reported with its line number, good lines kept
+    regions = read_bed(path)                  # the same, but any problem raises ValueError listing them all
+    problems = check_contigs(regions, lengths, source="reference.fa")   # contigs absent / coordinates past the end
+
+Contig naming ("chr1" vs "1") is the most common mismatch between a VCF, a FASTA and a BED; `naming_hint` turns a set
+of unmatched names into a one-line hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Region:
+    contig: str
+    start: int  # 0-based, inclusive
+    end: int  # 0-based, exclusive
+    name: str  # 4th BED column, or "contig:start-end" (1-based closed, samtools style) when absent
+    line: int = 0  # line number in the BED file (1-based); 0 when built in code
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    @property
+    def where(self) -> str:
+        return f"{self.contig}:{self.start + 1}-{self.end}"
+
+
+def parse_bed(path: str | Path) -> tuple[list[Region], list[str]]:
+    """Regions of a BED file and the problems found (strings naming the file and line); bad lines are dropped."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"regions BED not found: {path}")
+    regions: list[Region] = []
+    problems: list[str] = []
+    with open(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            cols = line.split("\t") if "\t" in line else line.split()
+            if len(cols) < 3:
+                problems.append(f"{path}:{lineno}: expected at least 3 columns (contig, start, end), got {len(cols)}")
+                continue
+            contig, start_s, end_s = cols[0], cols[1], cols[2]
+            try:
+                start, end = int(start_s), int(end_s)
+            except ValueError:
+                problems.append(f"{path}:{lineno}: start/end must be integers, got {start_s!r}, {end_s!r}")
+                continue
+            if start < 0 or end <= start:
+                problems.append(
+                    f"{path}:{lineno}: bad coordinates {contig}\t{start}\t{end} (BED is 0-based half-open: "
+                    "need 0 <= start < end)"
+                )
+                continue
+            name = cols[3] if len(cols) > 3 and cols[3] not in ("", ".") else f"{contig}:{start + 1}-{end}"
+            regions.append(Region(contig, start, end, name, lineno))
+    if not regions and not problems:
+        problems.append(f"{path}: no regions (the file has no data lines)")
+    seen: dict[str, int] = {}
+    for r in regions:
+        if r.name in seen:
+            problems.append(f"{path}:{r.line}: region name {r.name!r} repeats line {seen[r.name]}; names must be unique")
+        seen.setdefault(r.name, r.line)
+    return regions, problems
+
+
+def read_bed(path: str | Path) -> list[Region]:
+    """Regions of a BED file; raises ValueError listing every bad line."""
+    regions, problems = parse_bed(path)
+    if problems:
+        raise ValueError(f"{len(problems)} problem(s) in the regions BED:\n  " + "\n  ".join(problems))
+    return regions
+
+
+def naming_hint(unmatched: Iterable[str], available: Iterable[str]) -> str:
+    """A hint when names differ only by a 'chr' prefix (e.g. BED '1' vs FASTA 'chr1'); '' otherwise."""
+    available = set(available)
+    unmatched = sorted(set(unmatched))
+    with_chr = [c for c in unmatched if "chr" + c in available]
+    without_chr = [c for c in unmatched if c.startswith("chr") and c[3:] in available]
+    if with_chr:
+        return f"hint: {with_chr[0]!r} exists as {'chr' + with_chr[0]!r}: add the 'chr' prefix (or rename the contigs)"
+    if without_chr:
+        return f"hint: {without_chr[0]!r} exists as {without_chr[0][3:]!r}: drop the 'chr' prefix (or rename the contigs)"
+    return ""
+
+
+def check_contigs(regions: Iterable[Region], lengths: Mapping[str, int], *, bed: str, source: str) -> list[str]:
+    """Problems of regions against contig lengths (from a FASTA): contig absent (with a naming hint), end past the end."""
+    problems = []
+    regions = list(regions)
+    absent = [r for r in regions if r.contig not in lengths]
+    hint = naming_hint((r.contig for r in absent), lengths)
+    for r in absent:
+        problems.append(f"{bed}:{r.line}: contig {r.contig!r} is not in {source}" + (f"; {hint}" if hint else ""))
+    for r in regions:
+        if r.contig in lengths and r.end > lengths[r.contig]:
+            problems.append(
+                f"{bed}:{r.line}: region {r.where} ends past the end of {r.contig} ({lengths[r.contig]} bp in {source})"
+            )
+    return problems

@@ -1,0 +1,75 @@
+"""Subject id -> token ids of both personal haplotypes of every region: the genomics input of genobrain.
+
+    tokens = PersonalSequenceTokens("ref.fa", "cohort.vcf.gz", "regions.bed")
+    x = tokens("sub-0001")          # LongTensor (R, 2, L): regions x haplotypes (GT order) x positions
+
+Ids come from `genomics.alphabet.encode` (published Caduceus tokenizer ids; N -> [PAD] unless n_as="N"; soft-masked
+bases are upper-cased there). Each haplotype is left-padded with [PAD] by `genomics.alphabet.pad_left`.
+Length rule, the same L for every subject: L = max_len when given (longer haplotypes keep their central max_len
+bases, as pad_left does), else the longest region plus the largest growth its VCF sites allow (the sum, over the
+region's sites fully inside it, of the longest insertion among their ALTs). L depends on the VCF's sites only, never
+on one subject's genotypes, so no subject is truncated and every batch stacks. `length` gives it (reads the VCF once).
+The constructor opens nothing; pysam handles open on first use in each process, so the transform pickles into
+dataloader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genomics.alphabet import encode, pad_left
+from genomics.personal import PersonalHaplotypes
+from genomics.regions import Region
+
+
+class PersonalSequenceTokens:
+    def __init__(
+        self,
+        reference: str | Path,
+        vcf: str | Path,
+        regions: str | Path | Sequence[Region],
+        max_len: int | None = None,  # fixed L (crop to the centre / left-pad); None: the rule in the module docstring
+        n_as: str = "PAD",  # "PAD": N -> [PAD] (published models' convention); "N": keep the N id
+    ):
+        if n_as not in ("PAD", "N"):
+            raise ValueError(f"n_as must be 'PAD' or 'N', got {n_as!r}")
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be a positive number of bases or None, got {max_len}")
+        self.reference, self.vcf, self.regions = reference, vcf, regions
+        self.max_len, self.n_as = max_len, n_as
+        self._haps: PersonalHaplotypes | None = None
+        self._length: int | None = max_len
+
+    def __getstate__(self):  # no open handles or caches into worker processes
+        return {**self.__dict__, "_haps": None}
+
+    @property
+    def haplotypes(self) -> PersonalHaplotypes:
+        if self._haps is None:
+            self._haps = PersonalHaplotypes(self.reference, self.vcf, self.regions)
+        return self._haps
+
+    @property
+    def n_regions(self) -> int:
+        return len(self.haplotypes.regions)
+
+    @property
+    def length(self) -> int:
+        """L, the last axis of every output."""
+        if self._length is None:
+            self._length = self.haplotypes.max_length()
+        return self._length
+
+    def __call__(self, subject_id: str) -> torch.Tensor:
+        haps = self.haplotypes
+        haps.sample_index(subject_id)  # KeyError naming the subject and the VCF
+        length = self.length
+        out = np.empty((len(haps.regions), 2, length), dtype=np.int64)  # (R, 2, L)
+        for i in range(len(haps.regions)):
+            for h, seq in enumerate(haps.haplotypes(subject_id, i)):
+                out[i, h] = pad_left(encode(seq, self.n_as), length)
+        return torch.from_numpy(out)
