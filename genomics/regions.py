@@ -66,7 +66,7 @@ def parse_bed(path: str | Path) -> tuple[list[Region], list[str]]:
     seen: dict[str, int] = {}
     for r in regions:
         if r.name in seen:
-            problems.append(f"{path}:{r.line}: region name {r.name!r} repeats line {seen[r.name]}; names must be unique")
+            problems.append(f"{path}:{r.line}: region name {r.name!r} repeats line {seen[r.name]}; make names unique")
         seen.setdefault(r.name, r.line)
     return regions, problems
 
@@ -86,14 +86,15 @@ def naming_hint(unmatched: Iterable[str], available: Iterable[str]) -> str:
     with_chr = [c for c in unmatched if "chr" + c in available]
     without_chr = [c for c in unmatched if c.startswith("chr") and c[3:] in available]
     if with_chr:
-        return f"hint: {with_chr[0]!r} exists as {'chr' + with_chr[0]!r}: add the 'chr' prefix (or rename the contigs)"
+        return f"hint: {with_chr[0]!r} exists as {'chr' + with_chr[0]!r}: add the 'chr' prefix (or rename contigs)"
     if without_chr:
-        return f"hint: {without_chr[0]!r} exists as {without_chr[0][3:]!r}: drop the 'chr' prefix (or rename the contigs)"
+        c = without_chr[0]
+        return f"hint: {c!r} exists as {c[3:]!r}: drop the 'chr' prefix (or rename contigs)"
     return ""
 
 
 def check_contigs(regions: Iterable[Region], lengths: Mapping[str, int], *, bed: str, source: str) -> list[str]:
-    """Problems of regions against contig lengths (from a FASTA): contig absent (with a naming hint), end past the end."""
+    """Problems of regions against contig lengths (of a FASTA): contig absent (with a naming hint), end past the end."""
     problems = []
     regions = list(regions)
     absent = [r for r in regions if r.contig not in lengths]
