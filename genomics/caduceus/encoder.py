@@ -1,0 +1,91 @@
+"""CaduceusGenomicsEncoder: one vector per subject from the Caduceus embeddings of its regions and haplotypes.
+
+References: fusion/encoders.py (the encoder interface); genomics/kmer.py (the baseline this replaces, same input);
+genomics/caduceus/embedding.py (strand layout and pooling).
+
+Input: ids (B, R, H, L), R regions x H haplotypes (2) x L token ids, left-padded with [PAD]. Pooling rule:
+  1. sequence -> (D,): strand-invariant mean over non-[PAD] tokens (both strands, then their average), so a region
+     read off either strand gives the same vector (PS: RCPS stacking; Ph: forward and RC passes, "conjoined");
+  2. haplotypes -> mean: a diploid genotype is an unordered pair, so the vector is invariant to phase/haplotype order
+     and additive in the haplotypes, like an allele dosage (the k-mer baseline also sums its haplotypes);
+  3. regions -> concat (default, (B, R*D)): each region is a distinct locus, keep its identity (a per-locus design
+     matrix; R fixed by the data config) | mean ((B, D), for a varying or very large set of regions).
+Identical sequences in a batch (shared reference haplotypes, homozygous regions) are embedded once (`dedup`), and
+sequences go through the model `chunk_size` at a time to bound activation memory. With `freeze=True` (default) the
+backbone runs in eval mode without gradients; otherwise it is fine-tuned, optionally with gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from genomics.caduceus.config import CaduceusConfig
+from genomics.caduceus.embedding import CaduceusEmbedder, CaduceusProjector, pool_strands
+from genomics.caduceus.modeling import Caduceus
+
+
+class CaduceusGenomicsEncoder(nn.Module):
+    """(B, R, H, L) token ids -> (B, output_dim) subject embedding; see module docstring for the pooling rule."""
+
+    def __init__(
+        self,
+        n_regions: int,  # R, regions per subject (fixed by the data config)
+        checkpoint: str | None = None,  # local folder in the published layout (MaskedLM or backbone)
+        config: dict | None = None,  # CaduceusConfig kwargs for a randomly initialised model (no checkpoint)
+        pretrain: dict | None = None,  # kwargs of genomics.caduceus.mlm.ensure_pretrained; its folder is the checkpoint
+        region_pool: str = "concat",  # "concat" -> R * D | "mean" -> D
+        freeze: bool = True,  # frozen backbone (eval mode, no grad)
+        chunk_size: int = 16,  # sequences per forward pass
+        dedup: bool = True,  # embed identical sequences once
+        gradient_checkpointing: bool = False,  # only matters when not frozen
+        projector: bool = False,  # append a CaduceusProjector (output_dim 512)
+        ssm_backend: str | None = None,  # force "torch" | "cpu" | "cuda"; None keeps the config's ("auto")
+    ):
+        super().__init__()
+        if region_pool not in ("concat", "mean"):
+            raise ValueError(f"region_pool must be 'concat' or 'mean', got {region_pool!r}")
+        if sum(x is not None for x in (checkpoint, config, pretrain)) != 1:
+            raise ValueError("give exactly one of checkpoint, config or pretrain")
+        if pretrain is not None:
+            from genomics.caduceus.mlm import ensure_pretrained
+
+            checkpoint = str(ensure_pretrained(**pretrain))
+        backbone = Caduceus.from_pretrained(checkpoint) if checkpoint else Caduceus(CaduceusConfig(**config))
+        if ssm_backend is not None:
+            backbone.set_ssm_backend(ssm_backend)
+        if gradient_checkpointing:
+            backbone.backbone.gradient_checkpointing = True
+        self.embedder = CaduceusEmbedder(backbone, conjoin=not backbone.config.rcps)
+        self.n_regions, self.region_pool, self.freeze = n_regions, region_pool, freeze
+        self.chunk_size, self.dedup = chunk_size, dedup
+        if freeze:
+            backbone.requires_grad_(False)
+        d = backbone.config.d_model
+        pooled_dim = n_regions * d if region_pool == "concat" else d
+        self.projector = CaduceusProjector(pooled_dim) if projector else None
+        self.output_dim = self.projector.output_dim if projector else pooled_dim
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze:
+            self.embedder.eval()  # a frozen backbone always runs in eval mode
+        return self
+
+    def embed_sequences(self, ids: Tensor) -> Tensor:
+        """(N, L) ids -> (N, D) strand-invariant sequence embeddings, chunk_size sequences at a time."""
+        inverse = None
+        if self.dedup:
+            ids, inverse = torch.unique(ids, dim=0, return_inverse=True)  # (U, L), (N,)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            out = torch.cat([pool_strands(self.embedder(c), c) for c in ids.split(self.chunk_size)], dim=0)  # (U, D)
+        return out if inverse is None else out[inverse]  # (N, D)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        b, r, h, length = ids.shape
+        if r != self.n_regions:
+            raise ValueError(f"CaduceusGenomicsEncoder was built for {self.n_regions} regions, got {r}")
+        seq = self.embed_sequences(ids.reshape(b * r * h, length))  # (B*R*H, D)
+        subj = seq.reshape(b, r, h, -1).mean(2)  # (B, R, D), haplotypes averaged
+        pooled = subj.flatten(1) if self.region_pool == "concat" else subj.mean(1)  # (B, R*D) | (B, D)
+        return pooled if self.projector is None else self.projector(pooled)  # (B, output_dim)
