@@ -21,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-# ----------------------------------------------------------------------------------------------------- atlas coordinates
+# --------------------------------------------------------------------------------------------- atlas coordinates
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ def read_atlas_coords(path: str | Path) -> AtlasCoords:
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = [c for c in ("label", "x", "y", "z") if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; need label, x, y, z (MNI mm), got {list(table.columns)}")
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; need label, x, y, z (MNI mm), got {list(table.columns)}"
+        )
     table = table.sort_values("label", kind="stable")
     labels = table["label"].to_numpy().astype(int)
     if len(np.unique(labels)) != len(labels):
@@ -54,7 +56,7 @@ def read_atlas_coords(path: str | Path) -> AtlasCoords:
     return AtlasCoords(labels, xyz, names)
 
 
-# ------------------------------------------------------------------------------------------------------ parcel series
+# ------------------------------------------------------------------------------------------------- parcel series
 
 
 def fit_robust_stats(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +83,9 @@ def robust_scale(
     median = np.nan_to_num(np.asarray(median, dtype=np.float32))
     iqr = np.asarray(iqr, dtype=np.float32)
     if median.shape != (x.shape[1],) or iqr.shape != (x.shape[1],):
-        raise ValueError(f"robust statistics have shape {median.shape}/{iqr.shape}; the series has {x.shape[1]} parcels")
+        raise ValueError(
+            f"robust statistics have shape {median.shape}/{iqr.shape}; the series has {x.shape[1]} parcels"
+        )
     safe = np.where(np.isfinite(iqr) & (iqr > 0), iqr, 1.0).astype(np.float32)
     if formula == "correct":
         out = (x - median) / safe
@@ -92,7 +96,7 @@ def robust_scale(
     return out.astype(np.float32)
 
 
-# ------------------------------------------------------------------------------------------------------------- volumes
+# ------------------------------------------------------------------------------------------------------- volumes
 
 
 def foreground_mask(data: np.ndarray) -> np.ndarray:

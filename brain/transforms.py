@@ -86,7 +86,7 @@ class BrainLMParcels:
 
 
 class VolumeWindows:
-    """4D NIfTI -> windows of normalised volumes in SwiFT's (W, 1, X, Y, Z, T) or BrainMT's (W, T, 1, Y, X, Z) layout."""
+    """4D NIfTI -> normalised volume windows, SwiFT's (W, 1, X, Y, Z, T) or BrainMT's (W, T, 1, Y, X, Z) layout."""
 
     def __init__(
         self,

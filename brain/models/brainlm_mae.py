@@ -68,7 +68,9 @@ class BrainLMConfig:
 
     def nystromformer(self, decoder: bool = False) -> NystromformerConfig:
         if self.num_landmarks != self.segment_means_seq_len:
-            raise ValueError("num_landmarks must equal segment_means_seq_len (exact attention, as every BrainLM release)")
+            raise ValueError(
+                "num_landmarks must equal segment_means_seq_len (exact attention, as every BrainLM release)"
+            )
         p = "decoder_" if decoder else ""
         return NystromformerConfig(
             hidden_size=getattr(self, p + "hidden_size"),
@@ -175,7 +177,9 @@ class BrainLMDecoder(nn.Module):
         d = cfg.decoder_hidden_size
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.decoder_embed = nn.Linear(cfg.hidden_size, d)
-        self.decoder_layers = nn.ModuleList([NystromformerLayer(cfg.nystromformer(True)) for _ in range(cfg.decoder_num_hidden_layers)])
+        self.decoder_layers = nn.ModuleList(
+            [NystromformerLayer(cfg.nystromformer(True)) for _ in range(cfg.decoder_num_hidden_layers)]
+        )
         self.decoder_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.decoder_pred = nn.Linear(d, cfg.patch_size**2 * cfg.num_channels)  # inherited, unused (as upstream)
         self.decoder_xyz_projection = nn.Linear(3, cfg.hidden_size)  # upstream sizes these by the encoder width

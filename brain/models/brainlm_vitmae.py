@@ -1,4 +1,4 @@
-"""BrainLM, ViT-MAE family ("vitmae_111M", "vitmae_650M"): the parcel x time window as an image for transformers' ViT-MAE.
+"""BrainLM, ViT-MAE family ("vitmae_111M", "vitmae_650M"): a parcel x time window as an image for ViT-MAE.
 
 References: Ortega Caro et al. 2024 (BrainLM); He et al. 2022 (MAE); vandijklab/BrainLM `brainlm_tutorial.ipynb` and
 `brainlm_mae/vit_image_finetuning_mlp_pred_head.py` (b591d88) for the image recipe; transformers' ViTMAEModel.
@@ -9,7 +9,8 @@ References: Ortega Caro et al. 2024 (BrainLM); He et al. 2022 (MAE); vandijklab/
 Weights: Hugging Face folders (config.json + model.safetensors / pytorch_model.bin) saved with transformers 4.x, whose
 key names (`vit.encoder.layer.{i}.attention.attention.query`, `intermediate.dense`, `output.dense`) transformers 5
 renamed (`vit.layers.{i}.attention.q_proj`, `mlp.fc1`, `mlp.fc2`); loading accepts either and maps to the installed
-version. `.backbone` holds `vit` (and `decoder` when asked), i.e. ViTMAEForPreTraining's names. Licence: CC BY-NC-ND 4.0.
+version. `.backbone` holds `vit` (and `decoder` when asked), i.e. ViTMAEForPreTraining's names.
+Licence of the weights: CC BY-NC-ND 4.0.
 Sizes: 111M = ViT-B (768, 12 layers, 12 heads, patch 16, image 432; 112,590,080 parameters with the decoder, encoder
 86,208,000); 650M = ViT-H (1280, 32 layers, 16 heads, patch 14, image 434) [inferred, not checked against weights].
 """
@@ -32,15 +33,42 @@ from brain.preprocess import read_atlas_coords
 MAX_VAL_TO_SCALE = 5.6430855  # upstream's divisor of the robust-scaled signal
 
 PRESETS = {
-    "111m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=16,
-                 image_size=432, decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-                 decoder_intermediate_size=2048),
-    "650m": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120, patch_size=14,
-                 image_size=434, decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-                 decoder_intermediate_size=2048),
-    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=16,
-                 image_size=None, decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-                 decoder_intermediate_size=64),
+    "111m": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        patch_size=16,
+        image_size=432,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+        decoder_intermediate_size=2048,
+    ),
+    "650m": dict(
+        hidden_size=1280,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        intermediate_size=5120,
+        patch_size=14,
+        image_size=434,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+        decoder_intermediate_size=2048,
+    ),
+    "tiny": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=16,
+        image_size=None,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=64,
+    ),
 }
 
 # transformers 4.x -> 5.x ViT-MAE layer names (applied in order)
@@ -104,7 +132,9 @@ def build_backbone(config: ViTMAEConfig, decoder: bool) -> nn.Module:
     return ViTMAEForPreTraining(config) if decoder else _VitOnly(config)
 
 
-def save_pretrained(backbone: nn.Module, folder: str | Path, transformers4_names: bool = True, safe: bool = True) -> None:
+def save_pretrained(
+    backbone: nn.Module, folder: str | Path, transformers4_names: bool = True, safe: bool = True
+) -> None:
     """Write a Hugging Face folder as published (config.json + weights, transformers 4.x key names by default)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """BrainMT: hybrid Mamba + Transformer over whole-brain fMRI volumes, temporal-first tokens.
 
-References: Kannan et al. 2025, "BrainMT: A Hybrid Mamba-Transformer Architecture for Modeling Long-Range Dependencies in
-Functional MRI Data" (MICCAI); arunkumar-kannan/BrainMT-fMRI `src/brainmt/models/brain_mt.py` (977e486) for names,
-shapes and block order; Gu & Dao 2023 (Mamba, via genomics.ssm.mamba.Mamba with mamba_ssm's parameter names).
+References: Kannan et al. 2025, "BrainMT: A Hybrid Mamba-Transformer Architecture for Modeling Long-Range
+Dependencies in Functional MRI Data" (MICCAI); arunkumar-kannan/BrainMT-fMRI `src/brainmt/models/brain_mt.py`
+(977e486) for names, shapes and block order; Gu & Dao 2023 (Mamba, via genomics.ssm.mamba.Mamba with mamba_ssm's
+parameter names).
 
     x (B, T, 1, D, H, W)   upstream axis order: D, H, W = the NIfTI's Y, X, Z (109, 91, 91 for MNI 2 mm)
     per frame: patch_embed (Conv3d 1->64 k3 s2, ReLU, Conv3d 64->128 k3 s2, ReLU) -> conv_block0 (128) -> downsample0
@@ -48,7 +49,10 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Identity()
         self.conv_down = nn.Sequential(
-            nn.Conv3d(in_chans, in_dim, 3, 2, 1, bias=False), nn.ReLU(), nn.Conv3d(in_dim, dim, 3, 2, 1, bias=False), nn.ReLU()
+            nn.Conv3d(in_chans, in_dim, 3, 2, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv3d(in_dim, dim, 3, 2, 1, bias=False),
+            nn.ReLU(),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -95,7 +99,9 @@ class MambaBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int = 2, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self, dim: int, num_heads: int = 2, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ):
         super().__init__()
         self.num_heads, self.attn_drop = num_heads, attn_drop
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -236,8 +242,14 @@ class BrainMTEncoder(WindowAveragingEncoder):
 
     window_ndim = 5
 
-    def __init__(self, checkpoint: str | Path | None = None, freeze: bool = False, chunk_size: int | None = None,
-                 backend: str = "auto", **arch):  # BrainMT arguments; backend = the Mamba kernel (genomics.ssm.ops)
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        freeze: bool = False,
+        chunk_size: int | None = None,
+        backend: str = "auto",
+        **arch,
+    ):  # BrainMT arguments; backend = the Mamba kernel (genomics.ssm.ops)
         arch = {k: (list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v) for k, v in arch.items()}
         arch["ssm_cfg"] = {"backend": backend, **dict(arch.get("ssm_cfg") or {})}
         backbone = BrainMT(**arch)

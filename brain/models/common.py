@@ -77,8 +77,13 @@ def load_strict(
     optional = tuple(optional)
     missing = [k for k in own if k not in state and not k.endswith(optional)]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
+
         def head(items):
             return ", ".join(items[:6]) + (f" ... ({len(items)})" if len(items) > 6 else "")
 
@@ -120,7 +125,10 @@ class WindowAveragingEncoder(nn.Module):
         if x.dim() == self.window_ndim + 1:
             x = x.unsqueeze(1)  # (B, 1, *window)
         if x.dim() != self.window_ndim + 2:
-            raise ValueError(f"{type(self).__name__} expects (B, W, *window) with {self.window_ndim} window axes, got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects (B, W, *window) with {self.window_ndim} window axes, "
+                f"got {tuple(x.shape)}"
+            )
         b, w = x.shape[:2]
         flat = x.flatten(0, 1)  # (B*W, *window)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):

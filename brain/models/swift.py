@@ -79,7 +79,8 @@ def shifted_window_mask(dims: Sequence[int], ws: Sequence[int], ss: Sequence[int
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping 4D patches flattened (sH, sW, sD, sT, C) and projected: (B, C, X, Y, Z, T) -> (B, E, d, h, w, T')."""
+    """Non-overlapping 4D patches, flattened in (sH, sW, sD, sT, C) order and projected:
+    (B, C, X, Y, Z, T) -> (B, E, d, h, w, T)."""
 
     def __init__(self, img_size: Sequence[int], patch_size: Sequence[int], in_chans: int, embed_dim: int):
         super().__init__()
@@ -148,8 +149,18 @@ class MLPBlock(nn.Module):
 
 
 class SwinTransformerBlock4D(nn.Module):
-    def __init__(self, dim, num_heads, window_size, shift_size, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0):
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        window_size,
+        shift_size,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        drop=0.0,
+        attn_drop=0.0,
+        drop_path=0.0,
+    ):
         super().__init__()
         self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
         self.norm1 = nn.LayerNorm(dim)
@@ -195,17 +206,41 @@ class PatchMergingV2(nn.Module):
 class BasicLayer(nn.Module):
     """One stage: `depth` blocks (alternately unshifted / shifted unless full_attention) + optional merging."""
 
-    def __init__(self, dim, depth, num_heads, window_size, drop_path, mlp_ratio=4.0, qkv_bias=True, drop=0.0,
-                 attn_drop=0.0, c_multiplier=2, downsample=False, full_attention=False):
+    def __init__(
+        self,
+        dim,
+        depth,
+        num_heads,
+        window_size,
+        drop_path,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        drop=0.0,
+        attn_drop=0.0,
+        c_multiplier=2,
+        downsample=False,
+        full_attention=False,
+    ):
         super().__init__()
         self.window_size = tuple(window_size)
         self.shift_size = tuple(0 for _ in window_size) if full_attention else tuple(w // 2 for w in window_size)
         no_shift = tuple(0 for _ in window_size)
-        self.blocks = nn.ModuleList([
-            SwinTransformerBlock4D(dim, num_heads, window_size, no_shift if i % 2 == 0 else self.shift_size,
-                                   mlp_ratio, qkv_bias, drop, attn_drop, drop_path[i])
-            for i in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                SwinTransformerBlock4D(
+                    dim,
+                    num_heads,
+                    window_size,
+                    no_shift if i % 2 == 0 else self.shift_size,
+                    mlp_ratio,
+                    qkv_bias,
+                    drop,
+                    attn_drop,
+                    drop_path[i],
+                )
+                for i in range(depth)
+            ]
+        )
         self.downsample = PatchMergingV2(dim, c_multiplier) if downsample else None
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, D, H, W, T)
@@ -226,10 +261,24 @@ class BasicLayer(nn.Module):
 class SwinTransformer4D(nn.Module):
     """Upstream SwinTransformer4D (ver7) without heads: (B, in_chans, X, Y, Z, T) -> (B, C_last, d, h, w, T)."""
 
-    def __init__(self, img_size=(96, 96, 96, 20), in_chans=1, embed_dim=36, window_size=(4, 4, 4, 4),
-                 first_window_size=(4, 4, 4, 4), patch_size=(6, 6, 6, 1), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                 mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, c_multiplier=2,
-                 last_layer_full_MSA=True):
+    def __init__(
+        self,
+        img_size=(96, 96, 96, 20),
+        in_chans=1,
+        embed_dim=36,
+        window_size=(4, 4, 4, 4),
+        first_window_size=(4, 4, 4, 4),
+        patch_size=(6, 6, 6, 1),
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.0,
+        c_multiplier=2,
+        last_layer_full_MSA=True,
+    ):
         super().__init__()
         self.num_layers = len(depths)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -249,10 +298,22 @@ class SwinTransformer4D(nn.Module):
             if full:  # the whole spatial grid of the last stage, window_size[3] frames
                 g = self.patch_embed.grid_size
                 ws = (g[0] // 2**last, g[1] // 2**last, g[2] // 2**last, window_size[3])
-            self.layers.append(BasicLayer(
-                embed_dim * c_multiplier**i, depths[i], num_heads[i], ws, dpr[sum(depths[:i]) : sum(depths[: i + 1])],
-                mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, c_multiplier, downsample=i < last, full_attention=full,
-            ))
+            self.layers.append(
+                BasicLayer(
+                    embed_dim * c_multiplier**i,
+                    depths[i],
+                    num_heads[i],
+                    ws,
+                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    mlp_ratio,
+                    qkv_bias,
+                    drop_rate,
+                    attn_drop_rate,
+                    c_multiplier,
+                    downsample=i < last,
+                    full_attention=full,
+                )
+            )
         self.num_features = embed_dim * c_multiplier**last
         self.norm = nn.LayerNorm(self.num_features)  # in the state dict, unused by the forward (as upstream)
 
@@ -263,8 +324,18 @@ class SwinTransformer4D(nn.Module):
         return x  # (B, C_last, d/8, h/8, w/8, T)
 
 
-ARCH_KEYS = ("img_size", "in_chans", "embed_dim", "window_size", "first_window_size", "patch_size", "depths",
-             "num_heads", "c_multiplier", "last_layer_full_MSA")
+ARCH_KEYS = (
+    "img_size",
+    "in_chans",
+    "embed_dim",
+    "window_size",
+    "first_window_size",
+    "patch_size",
+    "depths",
+    "num_heads",
+    "c_multiplier",
+    "last_layer_full_MSA",
+)
 
 
 def read_lightning_ckpt(path: str | Path) -> tuple[dict[str, Tensor], dict]:
@@ -280,13 +351,25 @@ def read_lightning_ckpt(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     return state, {k: hp[k] for k in ARCH_KEYS if k in hp}
 
 
-def save_lightning_ckpt(backbone: SwinTransformer4D, path: str | Path, hyper_parameters: dict | None = None,
-                        output_head: dict[str, Tensor] | None = None) -> None:
+def save_lightning_ckpt(
+    backbone: SwinTransformer4D,
+    path: str | Path,
+    hyper_parameters: dict | None = None,
+    output_head: dict[str, Tensor] | None = None,
+) -> None:
     """Write a checkpoint in SwiFT's Lightning layout (state_dict with model.* and output_head.*, hyper_parameters)."""
     state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
     state |= {f"output_head.{k}": v for k, v in (output_head or {}).items()}
-    torch.save({"epoch": 0, "global_step": 0, "pytorch-lightning_version": "1.9.4", "state_dict": state,
-                "hyper_parameters": dict(hyper_parameters or {})}, str(path))
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": "1.9.4",
+            "state_dict": state,
+            "hyper_parameters": dict(hyper_parameters or {}),
+        },
+        str(path),
+    )
 
 
 def _plain(v):
@@ -298,15 +381,21 @@ class SwiFTEncoder(WindowAveragingEncoder):
 
     window_ndim = 5
 
-    def __init__(self, checkpoint: str | Path | None = None, freeze: bool = False, chunk_size: int | None = None,
-                 **arch):  # SwinTransformer4D arguments; a checkpoint's hyper_parameters override the ARCH_KEYS
+    def __init__(
+        self, checkpoint: str | Path | None = None, freeze: bool = False, chunk_size: int | None = None, **arch
+    ):  # SwinTransformer4D arguments; a checkpoint's hyper_parameters override the ARCH_KEYS
         state = None
         if checkpoint is not None:
             state, hp = read_lightning_ckpt(checkpoint)
             for k, v in hp.items():
                 if k in arch and _plain(arch[k]) != _plain(v):
-                    log.warning("SwiFT %s: checkpoint has %s=%s, config says %s; using the checkpoint's", checkpoint, k,
-                                v, arch[k])
+                    log.warning(
+                        "SwiFT %s: checkpoint has %s=%s, config says %s; using the checkpoint's",
+                        checkpoint,
+                        k,
+                        v,
+                        arch[k],
+                    )
             arch |= hp
         backbone = SwinTransformer4D(**{k: _plain(v) for k, v in arch.items()})
         if state is not None:
