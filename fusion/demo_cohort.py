@@ -1,0 +1,31 @@
+"""Generate the demo cohort: `python -m fusion.demo_cohort out=DIR [n_subjects=N] [seed=S] [key=value ...]` (Hydra).
+
+Parameters and their meaning: configs/demo_cohort.yaml. The library function is fusion.demo.generate_demo_cohort.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from fusion.demo.cohort import generate_demo_cohort
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="demo_cohort")
+def main(cfg: DictConfig) -> None:
+    params = OmegaConf.to_container(cfg, resolve=True)
+    out, overwrite = params.pop("out"), params.pop("overwrite")
+    paths = generate_demo_cohort(out, overwrite=overwrite, **params)
+    log.info("demo cohort in %s:", Path(out).absolute())
+    for key, path in paths.items():
+        log.info("  data.%s=%s", key, path)
+
+
+if __name__ == "__main__":
+    main()
