@@ -1,0 +1,257 @@
+"""The fused CPU kernel (genomics.ssm.cpu_kernel) against the pure-PyTorch reference: values, gradients, dtypes.
+
+The first run compiles the numba kernels (about a minute for the three dtypes); later runs load them from the JIT
+cache next to the sources.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from numba import njit
+
+from genomics.ssm import cpu_kernel, ops
+from genomics.ssm._cpu_math import sigmoid, softplus, vexp, vexp2
+from genomics.ssm.reference import mamba_inner_ref, selective_scan_ref
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch):
+    """Checkpoint every 8 steps, so short sequences cross several chunks in the backward."""
+    monkeypatch.setattr(cpu_kernel, "CHUNK", 8)
+
+
+def _scan_inputs(batch, d_inner, d_state, length, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    return dict(
+        u=r(batch, d_inner, length),
+        delta=r(batch, d_inner, length, scale=0.5),
+        A=-torch.rand(d_inner, d_state, generator=g).to(dtype) * 3,
+        B=r(batch, d_state, length),
+        C=r(batch, d_state, length),
+        D=r(d_inner),
+        z=r(batch, d_inner, length),
+        delta_bias=r(d_inner, scale=0.3),
+    )
+
+
+def _inner_inputs(batch, d_model, length, d_state=4, rank=3, k=4, dtype=torch.float32, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    d_inner = 2 * d_model
+
+    def r(*shape, scale=0.3):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    return dict(
+        xz=r(batch, 2 * d_inner, length, scale=1.0),
+        conv1d_weight=r(d_inner, 1, k),
+        conv1d_bias=r(d_inner),
+        x_proj_weight=r(rank + 2 * d_state, d_inner),
+        delta_proj_weight=r(d_inner, rank),
+        out_proj_weight=r(d_model, d_inner),
+        out_proj_bias=r(d_model) if bias else None,
+        A=-torch.rand(d_inner, d_state, generator=g).to(dtype) * 3,
+        D=r(d_inner),
+        delta_bias=r(d_inner),
+    )
+
+
+def _close(a, b, rtol, atol_rel):
+    """|a - b| <= rtol |b| + atol_rel * max|b| elementwise."""
+    b = b.float()
+    assert torch.allclose(a.float(), b, rtol=rtol, atol=atol_rel * b.abs().max().item()), (a - b).abs().max()
+
+
+# ------------------------------------------------------------------------------------------------------- math
+
+
+@njit(fastmath=True)
+def _apply(fn_id, x, out):
+    for i in range(x.size):
+        if fn_id == 0:
+            out[i] = vexp2(x[i])
+        elif fn_id == 1:
+            out[i] = vexp(x[i])
+        elif fn_id == 2:
+            out[i] = softplus(x[i])
+        else:
+            out[i] = sigmoid(x[i])
+
+
+@pytest.mark.parametrize(
+    "fn_id,ref,tol",
+    [
+        (0, np.exp2, 1.5e-7),
+        (1, np.exp, 2e-7),
+        (2, lambda v: np.logaddexp(0, v), 3e-7),
+        (3, lambda v: 1 / (1 + np.exp(-v)), 3e-7),
+    ],
+)
+def test_vectorised_math_accuracy(fn_id, ref, tol):
+    x = np.linspace(-60, 60, 200_001).astype(np.float32)
+    out = np.empty_like(x)
+    _apply(fn_id, x, out)
+    r = ref(x.astype(np.float64))
+    m = r > 1e-30
+    assert np.max(np.abs(out[m] - r[m]) / r[m]) < tol
+
+
+# ------------------------------------------------------------------------------------------------- selective scan
+
+
+@pytest.mark.parametrize("batch,d_inner,d_state,length", [(2, 37, 16, 29), (1, 72, 8, 1), (3, 8, 4, 64)])
+@pytest.mark.parametrize("with_extras", [True, False])
+def test_scan_forward_matches_reference(batch, d_inner, d_state, length, with_extras):
+    x = _scan_inputs(batch, d_inner, d_state, length)
+    if not with_extras:
+        x.update(D=None, z=None, delta_bias=None)
+    softplus_ = with_extras
+    with torch.no_grad():
+        out = cpu_kernel.selective_scan_cpu(**x, delta_softplus=softplus_)
+    ref = selective_scan_ref(**x, delta_softplus=softplus_)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    _close(out, ref, 1e-5, 1e-6)
+
+
+def test_scan_gradients_match_reference():
+    x = _scan_inputs(2, 37, 16, 43)
+    ours = {k: v.clone().requires_grad_() for k, v in x.items()}
+    refs = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out = cpu_kernel.selective_scan_cpu(**ours, delta_softplus=True)
+    ref = selective_scan_ref(**refs, delta_softplus=True)
+    _close(out, ref.detach(), 1e-5, 1e-6)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for k in x:
+        _close(ours[k].grad, refs[k].grad, 1e-4, 1e-5)
+
+
+def test_scan_gradcheck_float64():
+    x = _scan_inputs(1, 3, 2, 19, dtype=torch.float64)
+    names = list(x)
+    inputs = tuple(x[k].requires_grad_() for k in names)
+
+    def f(*args):
+        return cpu_kernel.selective_scan_cpu(**dict(zip(names, args)), delta_softplus=True)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- mamba inner
+
+
+@pytest.mark.parametrize("batch,d_model,length,bias", [(2, 20, 37, True), (1, 8, 1, False), (1, 36, 130, True)])
+def test_inner_forward_matches_reference(batch, d_model, length, bias):
+    x = _inner_inputs(batch, d_model, length, bias=bias)
+    with torch.no_grad():
+        out = cpu_kernel.mamba_inner_cpu(**x)
+    ref = mamba_inner_ref(**x)
+    assert out.shape == ref.shape == (batch, length, d_model)
+    _close(out, ref, 1e-5, 1e-6)
+
+
+def test_inner_reads_time_major_and_channels_major_xz():
+    x = _inner_inputs(2, 12, 33)
+    ref = mamba_inner_ref(**x)
+    time_major = x["xz"].transpose(1, 2).contiguous().transpose(1, 2)  # what Mamba passes: in_proj(h).transpose
+    with torch.no_grad():
+        _close(cpu_kernel.mamba_inner_cpu(**x), ref, 1e-5, 1e-6)
+        _close(cpu_kernel.mamba_inner_cpu(**(x | {"xz": time_major})), ref, 1e-5, 1e-6)
+
+
+def test_inner_gradients_match_reference():
+    x = _inner_inputs(2, 20, 45)
+    ours = {k: v.clone().requires_grad_() for k, v in x.items()}
+    refs = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out = cpu_kernel.mamba_inner_cpu(**ours)
+    ref = mamba_inner_ref(**refs)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for k in x:
+        assert ours[k].grad.shape == refs[k].grad.shape, k
+        _close(ours[k].grad, refs[k].grad, 1e-4, 1e-5)
+
+
+def test_inner_gradcheck_float64():
+    x = _inner_inputs(1, 2, 11, d_state=2, rank=2, dtype=torch.float64)
+    names = list(x)
+    inputs = tuple(x[k].requires_grad_() for k in names)
+
+    def f(*args):
+        return cpu_kernel.mamba_inner_cpu(**dict(zip(names, args)))
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_inference_mode_saves_nothing_and_matches():
+    x = _inner_inputs(1, 16, 50)
+    ref = mamba_inner_ref(**x)
+    params = {k: v.clone().requires_grad_() for k, v in x.items() if k != "xz"}
+    with torch.inference_mode():
+        out = cpu_kernel.mamba_inner_cpu(x["xz"], **params)
+    assert not out.requires_grad and out.grad_fn is None
+    _close(out, ref, 1e-5, 1e-6)
+
+
+def test_bf16_input_computes_in_float32():
+    x = _inner_inputs(2, 16, 40, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = cpu_kernel.mamba_inner_cpu(**x)
+    ref = mamba_inner_ref(**{k: None if v is None else v.float() for k, v in x.items()})
+    assert out.dtype == torch.bfloat16
+    # bf16 rounding of xs, delta, x_dbl and y between the matmuls: a few bf16 ulps (2**-8) of the output scale
+    _close(out, ref, 2e-2, 2e-2)
+    xs = _scan_inputs(2, 16, 4, 30, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = cpu_kernel.selective_scan_cpu(**xs, delta_softplus=True)
+    yr = selective_scan_ref(**{k: v.float() for k, v in xs.items()}, delta_softplus=True)
+    assert y.dtype == torch.bfloat16
+    _close(y, yr, 1e-2, 1e-2)  # only the output is rounded to bf16
+
+
+def test_bf16_backward_runs_and_is_close():
+    x = _inner_inputs(1, 16, 40, dtype=torch.bfloat16)
+    ours = {k: v.clone().requires_grad_() for k, v in x.items()}
+    refs = {k: v.float().requires_grad_() for k, v in x.items()}
+    out = cpu_kernel.mamba_inner_cpu(**ours)
+    ref = mamba_inner_ref(**refs)
+    g = torch.randn(ref.shape)
+    out.backward(g.bfloat16())
+    ref.backward(g)
+    for k in x:
+        assert ours[k].grad.dtype == torch.bfloat16
+        _close(ours[k].grad, refs[k].grad, 1e-1, 5e-2)
+
+
+# ---------------------------------------------------------------------------------------------------- dispatch
+
+
+def test_ops_auto_uses_cpu_kernel_on_cpu():
+    assert ops.resolve_backend("auto", "cpu") == "cpu"
+    x = _inner_inputs(1, 8, 20)
+    with torch.no_grad():
+        _close(ops.mamba_inner(**x, backend="cpu"), ops.mamba_inner(**x, backend="torch"), 1e-5, 1e-6)
+    s = _scan_inputs(1, 8, 4, 20)
+    with torch.no_grad():
+        _close(ops.selective_scan(**s, delta_softplus=True), selective_scan_ref(**s, delta_softplus=True), 1e-5, 1e-6)
+
+
+def test_threads_follow_torch():
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            cpu_kernel.mamba_inner_cpu(**_inner_inputs(1, 8, 10))
+        import numba
+
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n)
+    assert math.isfinite(n)
