@@ -12,10 +12,14 @@ Input: ids (B, R, H, L), R regions x H haplotypes (2) x L token ids, left-padded
      matrix; R fixed by the data config) | mean ((B, D), for a varying or very large set of regions).
 Identical sequences in a batch (shared reference haplotypes, homozygous regions) are embedded once (`dedup`), and
 sequences go through the model `chunk_size` at a time to bound activation memory. With `freeze=True` (default) the
-backbone runs in eval mode without gradients; otherwise it is fine-tuned, optionally with gradient checkpointing.
+backbone runs in eval mode without gradients, and sequence embeddings are memoised in memory by content (blake2b of
+the ids; up to `cache_size` sequences, cleared when weights are loaded), so later epochs cost no backbone passes.
+Otherwise the backbone is fine-tuned, optionally with gradient checkpointing.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +42,7 @@ class CaduceusGenomicsEncoder(nn.Module):
         freeze: bool = True,  # frozen backbone (eval mode, no grad)
         chunk_size: int = 16,  # sequences per forward pass
         dedup: bool = True,  # embed identical sequences once
+        cache_size: int = 1_000_000,  # frozen only: sequences whose embedding is memoised (0 = no cache)
         gradient_checkpointing: bool = False,  # only matters when not frozen
         projector: bool = False,  # append a CaduceusProjector (output_dim 512)
         ssm_backend: str | None = None,  # force "torch" | "cpu" | "cuda"; None keeps the config's ("auto")
@@ -58,7 +63,9 @@ class CaduceusGenomicsEncoder(nn.Module):
             backbone.backbone.gradient_checkpointing = True
         self.embedder = CaduceusEmbedder(backbone, conjoin=not backbone.config.rcps)
         self.n_regions, self.region_pool, self.freeze = n_regions, region_pool, freeze
-        self.chunk_size, self.dedup = chunk_size, dedup
+        self.chunk_size, self.dedup, self.cache_size = chunk_size, dedup, cache_size
+        self._cache: dict[bytes, Tensor] = {}  # blake2b(ids) -> (D,) float32 on CPU
+        self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
         if freeze:
             backbone.requires_grad_(False)
         d = backbone.config.d_model
@@ -73,7 +80,18 @@ class CaduceusGenomicsEncoder(nn.Module):
         return self
 
     def embed_sequences(self, ids: Tensor) -> Tensor:
-        """(N, L) ids -> (N, D) strand-invariant sequence embeddings, chunk_size sequences at a time."""
+        """(N, L) ids -> (N, D) strand-invariant sequence embeddings; memoised when frozen."""
+        if not (self.freeze and self.cache_size > 0):
+            return self._embed(ids)
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in ids.cpu().numpy()]
+        todo = {k: i for i, k in enumerate(keys) if k not in self._cache}  # first row of each missing sequence
+        fresh = dict(zip(todo, self._embed(ids[list(todo.values())]).float().cpu())) if todo else {}  # (D,) each
+        if len(self._cache) + len(fresh) <= self.cache_size:  # a full cache serves, and stores nothing new
+            self._cache.update(fresh)
+        return torch.stack([fresh[k] if k in fresh else self._cache[k] for k in keys]).to(ids.device)  # (N, D)
+
+    def _embed(self, ids: Tensor) -> Tensor:
+        """(N, L) ids -> (N, D), chunk_size sequences per forward pass."""
         inverse = None
         if self.dedup:
             ids, inverse = torch.unique(ids, dim=0, return_inverse=True)  # (U, L), (N,)

@@ -91,7 +91,7 @@ def test_encoder_chunking_dedup_mean_pool_and_freeze():
     ids[1] = ids[0]  # a duplicated subject
     kw = dict(n_regions=3, config=dict(rcps=True, **TINY))
     torch.manual_seed(0)
-    a = CaduceusGenomicsEncoder(chunk_size=64, dedup=False, **kw)
+    a = CaduceusGenomicsEncoder(chunk_size=64, dedup=False, cache_size=0, **kw)
     torch.manual_seed(0)
     b = CaduceusGenomicsEncoder(chunk_size=5, dedup=True, **kw)
     with torch.no_grad():
@@ -118,3 +118,19 @@ def test_encoder_loads_a_local_checkpoint(tmp_path):
     assert enc(subjects()).shape == (2, 24)
     with pytest.raises(ValueError, match="exactly one"):
         CaduceusGenomicsEncoder(n_regions=3)
+
+
+def test_frozen_encoder_memoises_sequence_embeddings():
+    torch.manual_seed(0)
+    enc = CaduceusGenomicsEncoder(n_regions=3, config=dict(rcps=True, **TINY))
+    calls = []
+    enc.embedder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    ids = subjects()
+    with torch.no_grad():
+        first = enc(ids)
+        assert len(enc._cache) == len(torch.unique(ids.reshape(-1, 16), dim=0)) and calls
+        calls.clear()
+        torch.testing.assert_close(enc(ids), first, rtol=0, atol=0)
+        assert not calls  # served from the cache
+        enc.load_state_dict(enc.state_dict())
+        assert not enc._cache  # loading weights invalidates it
