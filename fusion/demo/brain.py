@@ -2,7 +2,7 @@
 
 Atlas: nilearn's bundled Power 2011 coordinates (264 ROIs, no download) as spheres of `sphere_radius_mm` inside
 nilearn's bundled MNI152 brain mask at 4 mm (voxels claimed by two spheres go to the nearer centre; ROIs with no voxel
-in the mask are dropped and labels renumbered 1..P). Networks: k-means of the coordinates into `n_networks` clusters.
+in the mask are dropped and labels renumbered 1..P). Networks: k-means (scipy) of the coordinates into `n_networks` clusters.
 Signals (unit variance, AR(1) with `ar_coef`): independent network signals z_n and one shared signal u_k per factor;
     s_n = sqrt(1 - sum_{k in n} |rho_k|) z_n + sum_{k in n} g_kn u_k,   g = sqrt|rho_k| (sign(rho_k) on the 2nd network)
 so corr(s_a, s_b) = rho_k for factor k's pair (a, b); parcel = s_net + parcel_noise * e; voxel (in a sphere) =
@@ -14,6 +14,8 @@ gzipped; the grid is the MNI152 4 mm grid cropped to the brain (+1 voxel), so at
 
 from __future__ import annotations
 
+import functools
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -22,19 +24,40 @@ from scipy.signal import lfilter
 MNI_RESOLUTION_MM = 4
 
 
-def make_atlas(sphere_radius_mm: float, n_networks: int, seed: int) -> tuple[nib.Nifti1Image, pd.DataFrame, np.ndarray]:
-    """(label image int16 (X, Y, Z), coords table [label, x, y, z, name, network], brain mask bool (X, Y, Z))."""
+@functools.lru_cache(maxsize=1)
+def _mni_mask_and_power() -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """nilearn's bundled MNI152 mask at 4 mm cropped to the brain + 1 voxel, its affine, the Power 2011 ROIs."""
     from nilearn.datasets import fetch_coords_power_2011, load_mni152_brain_mask
-    from scipy.spatial import cKDTree
-    from sklearn.cluster import KMeans
 
     mask_img = load_mni152_brain_mask(resolution=MNI_RESOLUTION_MM)
-    inside_fov = np.argwhere(np.asarray(mask_img.dataobj) > 0)
-    lo, hi = np.maximum(inside_fov.min(0) - 1, 0), inside_fov.max(0) + 2  # crop to the brain + 1 voxel (smaller files)
+    inside = np.argwhere(np.asarray(mask_img.dataobj) > 0)
+    lo, hi = np.maximum(inside.min(0) - 1, 0), inside.max(0) + 2  # crop (smaller files, same MNI space)
     mask_img = mask_img.slicer[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     mask = np.asarray(mask_img.dataobj) > 0
-    affine = mask_img.affine
-    rois = fetch_coords_power_2011().rois  # columns roi, x, y, z (MNI mm)
+    mask.setflags(write=False)  # cached: shared by every call
+    return mask, mask_img.affine, fetch_coords_power_2011().rois
+
+
+def cluster_networks(points: np.ndarray, n_networks: int, seed: int, n_init: int = 10) -> np.ndarray:
+    """(N,) k-means cluster index of each point (best of n_init k-means++ runs, scipy)."""
+    from scipy.cluster.vq import kmeans2
+
+    best = None
+    for i in range(n_init):
+        centres, assign = kmeans2(points, n_networks, minit="++", seed=np.random.default_rng([seed, i]))
+        inertia = ((points - centres[assign]) ** 2).sum()
+        if len(np.unique(assign)) == n_networks and (best is None or inertia < best[0]):
+            best = (inertia, assign)
+    if best is None:
+        raise ValueError(f"could not form {n_networks} non-empty networks; lower n_networks")
+    return best[1]
+
+
+def make_atlas(sphere_radius_mm: float, n_networks: int, seed: int) -> tuple[nib.Nifti1Image, pd.DataFrame, np.ndarray]:
+    """(label image int16 (X, Y, Z), coords table [label, x, y, z, name, network], brain mask bool (X, Y, Z))."""
+    from scipy.spatial import cKDTree
+
+    mask, affine, rois = _mni_mask_and_power()  # rois: columns roi, x, y, z (MNI mm)
     centres = rois[["x", "y", "z"]].to_numpy(float)  # (264, 3)
     ijk = np.argwhere(mask)  # (V, 3) brain voxels
     xyz = nib.affines.apply_affine(affine, ijk)  # (V, 3) mm
@@ -48,7 +71,7 @@ def make_atlas(sphere_radius_mm: float, n_networks: int, seed: int) -> tuple[nib
     labels = np.zeros(mask.shape, dtype=np.int16)
     sel = ijk[inside]
     labels[sel[:, 0], sel[:, 1], sel[:, 2]] = new_label[nearest[inside]]
-    networks = KMeans(n_clusters=n_networks, n_init=10, random_state=seed).fit_predict(centres[kept])
+    networks = cluster_networks(centres[kept], n_networks, seed)
     coords = pd.DataFrame(
         {
             "label": np.arange(1, len(kept) + 1),

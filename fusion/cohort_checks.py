@@ -1,0 +1,208 @@
+"""Checks of a cohort's shared files (VCF, reference FASTA, regions BED, atlas, coordinates table) for fusion.cohort.
+
+Each check appends Problems (file/line named, with what to do) and returns what later checks need. A file that cannot
+be opened at all raises CohortFatal: nothing downstream could be checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genomics.regions import Region, check_contigs, naming_hint, parse_bed
+
+MAX_REF_CHECKS = 200  # VCF records compared against the FASTA (a wrong genome build shows up in the first few)
+
+
+@dataclass
+class Problem:
+    severity: str  # "error": makes data wrong or excludes subjects (strict mode raises); "warning": worth knowing
+    where: str  # file[:line] or "subject X"
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.where}: {self.message}"
+
+
+class CohortFatal(Exception):
+    """A file that cannot be used at all (message says which and why)."""
+
+
+def read_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV or TSV (sniffed by extension, optionally .gz), every cell a string; '' and NA spellings -> NaN."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".csv"):
+        sep = ","
+    elif name.endswith((".tsv", ".tab", ".txt")):
+        sep = "\t"
+    else:
+        raise CohortFatal(f"{path}: the {what} must be a .csv or .tsv file (the extension picks the separator)")
+    try:
+        table = pd.read_csv(
+            path, sep=sep, dtype=str, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "N/A"],
+            skip_blank_lines=False,
+        )  # fmt: skip
+    except Exception as err:  # pandas raises several types for malformed tables
+        raise CohortFatal(f"{path}: cannot read the {what} as {'CSV' if sep == ',' else 'TSV'} ({err})") from err
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
+
+
+def check_vcf(path: Path, problems: list[Problem]) -> tuple[list[str], set[str], object]:
+    """(samples, contigs named in the header or index, open VariantFile)."""
+    import pysam
+
+    try:
+        vf = pysam.VariantFile(str(path))
+    except (OSError, ValueError) as err:
+        raise CohortFatal(f"{path}: not a readable VCF/BCF ({err})") from err
+    samples = list(vf.header.samples)
+    if not samples:
+        raise CohortFatal(f"{path}: the VCF has no samples (genotype columns); it must hold one column per subject")
+    if len(set(samples)) != len(samples):
+        dup = sorted({s for s in samples if samples.count(s) > 1})
+        problems.append(Problem("error", str(path), f"duplicate sample names {dup[:5]}; sample names must be unique"))
+    contigs = set(vf.header.contigs)
+    if vf.index is not None:
+        contigs |= set(vf.index)
+    else:
+        problems.append(
+            Problem("warning", str(path), "no index: every read scans the whole file; bgzip it and run `tabix -p vcf`")
+        )
+    return samples, contigs, vf
+
+
+def check_reference(path: Path) -> tuple[dict[str, int], object]:
+    """(contig lengths, open FastaFile); builds the .fai when missing (pysam)."""
+    import pysam
+
+    try:
+        fasta = pysam.FastaFile(str(path))
+    except (OSError, ValueError) as err:
+        raise CohortFatal(
+            f"{path}: cannot open the reference FASTA ({err}); it needs a .fai index (`samtools faidx {path.name}`)"
+            " and, if compressed, bgzip compression with a .gzi"
+        ) from err
+    return dict(zip(fasta.references, fasta.lengths)), fasta
+
+
+def check_regions(path: Path, lengths: dict[str, int], vcf_contigs: set[str], vcf: Path, problems) -> list[Region]:
+    """Usable regions (bad lines and contigs absent from the FASTA dropped, each reported)."""
+    regions, bed_problems = parse_bed(path)
+    problems += [Problem("error", p.split(": ", 1)[0], p.split(": ", 1)[1]) for p in bed_problems]
+    contig_problems = check_contigs(regions, lengths, bed=str(path), source="the reference FASTA")
+    problems += [Problem("error", p.split(": ", 1)[0], p.split(": ", 1)[1]) for p in contig_problems]
+    good = [r for r in regions if r.contig in lengths and r.end <= lengths[r.contig]]
+    no_variants = sorted({r.contig for r in good} - vcf_contigs)
+    if no_variants and vcf_contigs:
+        hint = naming_hint(no_variants, vcf_contigs)
+        problems.append(
+            Problem(
+                "warning" if not hint else "error",
+                str(path),
+                f"contig(s) {no_variants[:5]} have no records in {vcf.name}: those regions get the reference for "
+                f"every subject" + (f"; {hint}" if hint else ""),
+            )
+        )
+    return good
+
+
+def check_vcf_against_reference(vcf_path: Path, vf, vcf_contigs: set[str], fasta, regions, problems) -> None:
+    """Contig naming between VCF and FASTA, and REF alleles of the first records in the regions against the FASTA."""
+    lengths = dict(zip(fasta.references, fasta.lengths))
+    absent = sorted(vcf_contigs - set(lengths))
+    hint = naming_hint(absent, lengths)
+    if hint or (absent and not vcf_contigs & set(lengths)):
+        problems.append(
+            Problem("error", str(vcf_path), f"contigs {absent[:5]} are not in the reference FASTA; {hint}".rstrip("; "))
+        )
+    if vf.index is None:
+        return
+    checked = 0
+    for r in regions:
+        if r.contig not in vf.index:
+            continue
+        for rec in vf.fetch(r.contig, r.start, r.end):
+            ref = rec.ref or ""
+            if checked >= MAX_REF_CHECKS:
+                return
+            if not ref or rec.start + len(ref) > lengths[r.contig]:
+                continue
+            checked += 1
+            fa = fasta.fetch(r.contig, rec.start, rec.start + len(ref))
+            if fa.upper() != ref.upper():
+                problems.append(
+                    Problem(
+                        "error",
+                        f"{vcf_path}:{rec.chrom}:{rec.pos}",
+                        f"REF {ref!r} differs from the reference FASTA ({fa!r}): the VCF and the FASTA are probably "
+                        "from different genome builds",
+                    )
+                )
+                return
+
+
+def check_atlas(path: Path, problems: list[Problem]) -> np.ndarray:
+    """Sorted non-zero labels of a 3D integer label image (empty when unusable; problems say why)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises several types
+        raise CohortFatal(f"{path}: not a readable NIfTI image ({err})") from err
+    shape = img.shape
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+        problems.append(Problem("error", str(path), f"atlas must be a 3D label image, got shape {shape}"))
+        return np.array([], dtype=int)
+    data = np.asarray(img.dataobj).reshape(shape[:3])
+    if not np.issubdtype(data.dtype, np.integer):
+        if not np.isfinite(data).all() or not np.equal(np.round(data), data).all():
+            problems.append(
+                Problem("error", str(path), "atlas values must be integer labels (0 = background); got non-integers")
+            )
+            return np.array([], dtype=int)
+    labels = np.unique(data[data != 0]).astype(int)
+    if (labels < 0).any():
+        problems.append(Problem("error", str(path), f"negative labels {labels[labels < 0][:5].tolist()}"))
+    if len(labels) == 0:
+        problems.append(Problem("error", str(path), "atlas has no labelled voxels"))
+    elif labels[0] != 1 or labels[-1] != len(labels):
+        problems.append(
+            Problem("warning", str(path), f"labels are not 1..P ({len(labels)} labels, max {labels[-1]}); fine, noted")
+        )
+    return labels
+
+
+def check_coords(path: Path, atlas: Path, labels: np.ndarray, problems: list[Problem]) -> pd.DataFrame | None:
+    """The coordinates table (label, x, y, z numeric; one row per atlas label), or None when unusable."""
+    table = read_table(path, "atlas coordinates table")
+    missing = [c for c in ("label", "x", "y", "z") if c not in table.columns]
+    if missing:
+        problems.append(
+            Problem("error", str(path), f"missing column(s) {missing}; need label, x, y, z (MNI mm), got {list(table)}")
+        )
+        return None
+    ok = True
+    for col in ("label", "x", "y", "z"):
+        values = pd.to_numeric(table[col], errors="coerce")
+        for i in np.flatnonzero(values.isna().to_numpy())[:5]:
+            problems.append(Problem("error", f"{path}:{i + 2}", f"{col} must be a number, got {table[col].iloc[i]!r}"))
+            ok = False
+        table[col] = values
+    if not ok:
+        return None
+    dup = table["label"][table["label"].duplicated()].astype(int).tolist()
+    if dup:
+        problems.append(Problem("error", str(path), f"labels listed twice: {dup[:10]}"))
+    listed = set(table["label"].astype(int))
+    extra, absent = sorted(listed - set(labels.tolist())), sorted(set(labels.tolist()) - listed)
+    if len(labels) and extra:
+        problems.append(Problem("error", str(path), f"labels {extra[:10]} are not in the atlas {atlas.name}"))
+    if len(labels) and absent:
+        problems.append(
+            Problem("error", str(path), f"atlas labels {absent[:10]} have no coordinates (of {len(labels)})")
+        )
+    return table.sort_values("label").reset_index(drop=True)
