@@ -2,7 +2,7 @@
 
     cohort, report = load_cohort(manifest, vcf, reference, regions, atlas, atlas_coords, strict=False)
     print(report.summary())
-    cohort.subjects          # DataFrame, one row per usable subject: subject_id, fmri (absolute path), split, covariates
+    cohort.subjects   # DataFrame, one row per usable subject: subject_id, fmri (absolute path), split, covariates
 
 Every problem is collected before anything is decided, so one run lists them all, each naming its file and line or
 subject. Subjects are paired by id (manifest subject_id == VCF sample name), never by row order; a subject with a

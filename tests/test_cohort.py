@@ -1,4 +1,4 @@
-"""fusion.cohort: pairing by id, exclusion of incomplete subjects, every validation problem named (file, line, subject)."""
+"""fusion.cohort: pairing by id, exclusion of incomplete subjects, each validation problem named (file, line, subject)."""
 
 import shutil
 

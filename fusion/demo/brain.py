@@ -2,7 +2,8 @@
 
 Atlas: nilearn's bundled Power 2011 coordinates (264 ROIs, no download) as spheres of `sphere_radius_mm` inside
 nilearn's bundled MNI152 brain mask at 4 mm (voxels claimed by two spheres go to the nearer centre; ROIs with no voxel
-in the mask are dropped and labels renumbered 1..P). Networks: k-means (scipy) of the coordinates into `n_networks` clusters.
+in the mask are dropped and labels renumbered 1..P). Networks: k-means (scipy) of the coordinates, `n_networks`
+clusters.
 Signals (unit variance, AR(1) with `ar_coef`): independent network signals z_n and one shared signal u_k per factor;
     s_n = sqrt(1 - sum_{k in n} |rho_k|) z_n + sum_{k in n} g_kn u_k,   g = sqrt|rho_k| (sign(rho_k) on the 2nd network)
 so corr(s_a, s_b) = rho_k for factor k's pair (a, b); parcel = s_net + parcel_noise * e; voxel (in a sphere) =
