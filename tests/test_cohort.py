@@ -1,4 +1,4 @@
-"""fusion.cohort: pairing by id, exclusion of incomplete subjects, each validation problem named (file, line, subject)."""
+"""fusion.cohort: pairing by id, exclusion of incomplete subjects, each problem named by file, line or subject."""
 
 import shutil
 
