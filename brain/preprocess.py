@@ -15,6 +15,7 @@ Atlas coordinates: read_atlas_coords reads the cohort's table (label, x, y, z in
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def fit_robust_stats(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     data = np.concatenate([s - s.mean(axis=0, keepdims=True) for s in series], axis=0)  # (sum T, P)
     median = np.median(data, axis=0)
     nonzero = np.where(data == 0, np.nan, data)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # all-zero (empty) parcels: NaN quartiles, IQR 0
+        warnings.simplefilter("ignore", RuntimeWarning)
         q25, q75 = np.nanpercentile(nonzero, [25, 75], axis=0)
     return median.astype(np.float32), np.nan_to_num(q75 - q25).astype(np.float32)
 
@@ -194,10 +196,10 @@ def resample_bold(
         ref3d = nib.Nifti1Image(np.zeros(ref.shape[:3], dtype=np.uint8), ref.affine)
         out = resample_to_img(img, ref3d, interpolation=interpolation, fill_value=fill_value, **kwargs)
     elif voxel_size is not None:
-        target = np.diag([float(voxel_size)] * 3)
-        if np.allclose(np.abs(img.affine[:3, :3]), target, atol=1e-3) and np.allclose(
-            np.diag(img.affine[:3, :3]), np.diag(target), atol=1e-3
-        ):
+        rot = img.affine[:3, :3]
+        signs = np.where(np.diag(rot) < 0, -1.0, 1.0)  # keep the axis orientation (e.g. FSL's LAS MNI grids)
+        target = np.diag(signs * float(voxel_size))
+        if np.allclose(rot, target, atol=1e-3):
             return img, mask
         out = resample_img(img, target_affine=target, interpolation=interpolation, fill_value=fill_value, **kwargs)
     else:

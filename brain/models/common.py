@@ -19,18 +19,15 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 
-class _AttributeDict(dict):
-    """Stand-in for Lightning's AttributeDict (a dict subclass) when reading `hyper_parameters`."""
-
-
 _SAFE_GLOBALS = [
     argparse.Namespace,
     pathlib.PosixPath,
     pathlib.WindowsPath,
     pathlib.PurePosixPath,
-    (_AttributeDict, "lightning.fabric.utilities.data.AttributeDict"),
-    (_AttributeDict, "pytorch_lightning.utilities.parsing.AttributeDict"),
-    (_AttributeDict, "lightning.pytorch.utilities.parsing.AttributeDict"),
+    # Lightning's AttributeDict (a dict subclass, in `hyper_parameters`) is read back as a plain dict
+    (dict, "lightning.fabric.utilities.data.AttributeDict"),
+    (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+    (dict, "lightning.pytorch.utilities.parsing.AttributeDict"),
 ]
 
 

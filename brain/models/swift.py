@@ -16,6 +16,7 @@ Released models: embed 36, depths 2,2,6,2, heads 3,6,12,24, windows 4,4,4,4, pat
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 from collections.abc import Sequence
@@ -347,14 +348,15 @@ def read_lightning_ckpt(path: str | Path) -> tuple[dict[str, Tensor], dict]:
         raise ValueError(f"{path}: no state dict found")
     if any(k.startswith("model.") for k in state):
         state = strip_prefix(state, "model.")
-    hp = dict(ckpt.get("hyper_parameters") or {}) if "state_dict" in ckpt else {}
+    hp = (ckpt.get("hyper_parameters") or {}) if "state_dict" in ckpt else {}
+    hp = vars(hp) if isinstance(hp, argparse.Namespace) else dict(hp)
     return state, {k: hp[k] for k in ARCH_KEYS if k in hp}
 
 
 def save_lightning_ckpt(
     backbone: SwinTransformer4D,
     path: str | Path,
-    hyper_parameters: dict | None = None,
+    hyper_parameters=None,  # dict, Lightning AttributeDict or argparse.Namespace, stored as given
     output_head: dict[str, Tensor] | None = None,
 ) -> None:
     """Write a checkpoint in SwiFT's Lightning layout (state_dict with model.* and output_head.*, hyper_parameters)."""
@@ -366,7 +368,7 @@ def save_lightning_ckpt(
             "global_step": 0,
             "pytorch-lightning_version": "1.9.4",
             "state_dict": state,
-            "hyper_parameters": dict(hyper_parameters or {}),
+            "hyper_parameters": hyper_parameters if hyper_parameters is not None else {},
         },
         str(path),
     )
