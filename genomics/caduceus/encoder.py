@@ -35,9 +35,9 @@ class CaduceusGenomicsEncoder(nn.Module):
     def __init__(
         self,
         n_regions: int,  # R, regions per subject (fixed by the data config)
-        checkpoint: str | None = None,  # local folder in the published layout (MaskedLM or backbone)
-        config: dict | None = None,  # CaduceusConfig kwargs for a randomly initialised model (no checkpoint)
-        pretrain: dict | None = None,  # kwargs of genomics.caduceus.mlm.ensure_pretrained; its folder is the checkpoint
+        checkpoint: str | None = None,  # local folder in the published layout (MaskedLM or backbone); wins if given
+        pretrain: dict | None = None,  # else: kwargs of genomics.caduceus.mlm.ensure_pretrained (its folder is used)
+        config: dict | None = None,  # else: CaduceusConfig kwargs of a randomly initialised model
         region_pool: str = "concat",  # "concat" -> R * D | "mean" -> D
         freeze: bool = True,  # frozen backbone (eval mode, no grad)
         chunk_size: int = 16,  # sequences per forward pass
@@ -50,13 +50,13 @@ class CaduceusGenomicsEncoder(nn.Module):
         super().__init__()
         if region_pool not in ("concat", "mean"):
             raise ValueError(f"region_pool must be 'concat' or 'mean', got {region_pool!r}")
-        if sum(x is not None for x in (checkpoint, config, pretrain)) != 1:
-            raise ValueError("give exactly one of checkpoint, config or pretrain")
-        if pretrain is not None:
+        if checkpoint is None and pretrain is not None:
             from genomics.caduceus.mlm import ensure_pretrained
 
-            checkpoint = str(ensure_pretrained(**pretrain))
-        backbone = Caduceus.from_pretrained(checkpoint) if checkpoint else Caduceus(CaduceusConfig(**config))
+            checkpoint = str(ensure_pretrained(**dict(pretrain)))
+        if checkpoint is None and config is None:
+            raise ValueError("give a checkpoint folder, pretrain settings or a config")
+        backbone = Caduceus.from_pretrained(checkpoint) if checkpoint else Caduceus(CaduceusConfig(**dict(config)))
         if ssm_backend is not None:
             backbone.set_ssm_backend(ssm_backend)
         if gradient_checkpointing:

@@ -101,7 +101,7 @@ def pretrain_mlm(
     """Train a CaduceusForMaskedLM from scratch on FASTA windows; save it to out_dir; return the training record."""
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    config = CaduceusConfig(**(TINY | (config_kwargs or {})))
+    config = CaduceusConfig(**(TINY | dict(config_kwargs or {})))
     model = CaduceusForMaskedLM(config).to(device).train()
     windows = FastaWindows(fasta, seq_len)
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95))
