@@ -1,6 +1,7 @@
 """Generate the demo cohort: `python -m fusion.demo_cohort out=DIR [n_subjects=N] [seed=S] [key=value ...]` (Hydra).
 
-Parameters and their meaning: configs/demo_cohort.yaml. The library function is fusion.demo.generate_demo_cohort.
+Parameters and their meaning: configs/demo/default.yaml (composed by configs/demo_cohort.yaml). Library function:
+fusion.demo.generate_demo_cohort.
 """
 
 from __future__ import annotations

@@ -35,10 +35,14 @@ def truth(demo):
 
 
 def test_config_lists_every_parameter_with_its_default():
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "demo_cohort.yaml"))
-    params = {k: v for k, v in cfg.items() if k not in ("defaults", "hydra", "out", "overwrite")}
-    assert params == demo_cohort.DEFAULTS
-    text = (ROOT / "configs" / "demo_cohort.yaml").read_text()
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("demo_cohort", overrides=["out=somewhere", "n_subjects=7"])
+    params = OmegaConf.to_container(cfg)
+    assert params.pop("out") == "somewhere" and params.pop("overwrite") is False
+    assert params == {**demo_cohort.DEFAULTS, "n_subjects": 7}
+    text = (ROOT / "configs" / "demo" / "default.yaml").read_text()
     for key in demo_cohort.DEFAULTS:  # one comment per key (causal_maf_max shares causal_maf_min's)
         line = next(ln for ln in text.splitlines() if ln.startswith(f"{key}:"))
         assert "#" in line or key == "causal_maf_max", key

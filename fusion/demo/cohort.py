@@ -31,7 +31,7 @@ from fusion.demo.link import causal_per_region, make_link
 log = logging.getLogger(__name__)
 GENERATOR_VERSION = 1
 MARKER = "_COMPLETE.json"
-# every parameter, with its default (configs/demo_cohort.yaml documents each one; a test keeps the two in sync)
+# every parameter, with its default (configs/demo/default.yaml documents each one; a test keeps the two in sync)
 DEFAULTS: dict = {
     "seed": 0,
     "n_subjects": 200,
