@@ -175,3 +175,23 @@ def test_transform_shapes_padding_and_pickling(tmp_path):
     assert short("s1").shape == (2, 2, 64)
     with pytest.raises(KeyError, match="'nobody'.*v.vcf.gz"):
         t("nobody")
+
+
+@pytest.mark.filterwarnings("ignore:.*overlaps a variant")
+def test_unindexed_plain_vcf_gives_the_same_haplotypes(tmp_path):
+    _write_cohort(tmp_path, 5)
+    plain = tmp_path / "v.vcf"
+    with (
+        pysam.VariantFile(str(tmp_path / "v.vcf.gz")) as src,
+        pysam.VariantFile(str(plain), "w", header=src.header) as out,
+    ):
+        for rec in src:
+            out.write(rec)
+    indexed = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", tmp_path / "regions.bed")
+    unindexed = PersonalHaplotypes(tmp_path / "ref.fa", plain, tmp_path / "regions.bed")
+    with pytest.warns(ConsensusWarning, match="no index"):
+        unindexed.region_genotypes(0)
+    for i in range(2):
+        for s in ("s0", "s3"):
+            assert unindexed.haplotypes(s, i) == indexed.haplotypes(s, i)
+    assert unindexed.max_length() == indexed.max_length()
