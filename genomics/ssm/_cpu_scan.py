@@ -33,10 +33,12 @@ _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
 
 @njit(**_JIT)
 def scan_fwd(
-    u, u_off, dt, xbc, b_off, c_off, z, z_off, has_z, A2t, Dv, bias, delta_softplus, out, ckpt, chunk, save, CB
+    u, u_off, dt, dtw, dt_off, fuse_dt, xbc, b_off, c_off, z, z_off, has_z, A2t, Dv, bias, delta_softplus,
+    out, ckpt, chunk, save, CB,
 ):  # fmt: skip
-    """out[b, t, c] = gated scan output (see module docstring), jobs of CB channels. `out` may be `dt` itself."""
-    Bt, L, _ = dt.shape
+    """out[b, t, c] = gated scan output (see module docstring), jobs of CB channels. `out` may be `dt` itself.
+    fuse_dt: dt[b, t] = xbc[b, t, dt_off : dt_off + R] @ dtw (dtw (R, D) = dt_proj.weight^T), `dt` unused."""
+    Bt, L, _ = u.shape
     N, D = A2t.shape
     nblk = (D + CB - 1) // CB
     for job in prange(Bt * nblk):
@@ -44,6 +46,7 @@ def scan_fwd(
         c0 = blk * CB
         w = min(CB, D - c0)
         A2, Db, bb = _block_params(A2t, Dv, bias, c0, w, CB)  # (N, CB), (CB,), (CB,)
+        W = _block_cols(dtw, c0, w, CB)  # (R, CB)
         h = np.zeros((N, CB), A2t.dtype)  # state
         dl = np.empty(CB, A2t.dtype)  # delta_t
         dbu = np.empty(CB, A2t.dtype)  # delta_t * u_t
@@ -51,9 +54,10 @@ def scan_fwd(
         for t in range(L):
             if save and t % chunk == 0:
                 ckpt[b, t // chunk, :, c0 : c0 + w] = h[:, :w]
-            dtr, ur, xr = dt[b, t, c0 : c0 + w], u[b, t, u_off + c0 : u_off + c0 + w], xbc[b, t]  # row views
+            ur, xr = u[b, t, u_off + c0 : u_off + c0 + w], xbc[b, t]  # row views
+            _delta_pre(dt, b, t, c0, w, xr, dt_off, W, fuse_dt, bb, dl)
             for c in range(w):
-                d = ld(dtr, c) + bb[c]
+                d = dl[c]
                 if delta_softplus:
                     d = softplus(d)
                 uv = ld(ur, c)
@@ -78,6 +82,30 @@ def scan_fwd(
                     st(outr, c, y[c])
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _delta_pre(dt, b, t, c0, w, xr, dt_off, W, fuse_dt, bias, out):
+    """out[:w] = dt[b, t, c0 : c0 + w] + bias, or with fuse_dt (xr[dt_off : dt_off + R] @ W) + bias."""
+    if fuse_dt:
+        for c in range(w):
+            out[c] = bias[c]
+        for r in range(W.shape[0]):
+            x = ld(xr, dt_off + r)
+            for c in range(w):
+                out[c] += x * W[r, c]
+    else:
+        dtr = dt[b, t, c0 : c0 + w]
+        for c in range(w):
+            out[c] = ld(dtr, c) + bias[c]
+
+
+@njit(cache=True, nogil=True)
+def _block_cols(M, c0, w, CB):
+    """Contiguous (rows, CB) copy of M[:, c0 : c0 + w], zero padded."""
+    out = np.zeros((M.shape[0], CB), M.dtype)
+    out[:, :w] = M[:, c0 : c0 + w]
+    return out
+
+
 @njit(cache=True, nogil=True)
 def _block_params(A2t, Dv, bias, c0, w, CB):
     """Contiguous per-block copies (indexing A2t[n, c0 + c] directly would defeat vectorisation, see _cpu_math)."""
@@ -93,13 +121,13 @@ def _block_params(A2t, Dv, bias, c0, w, CB):
 
 @njit(**_JIT)
 def scan_bwd(
-    u, u_off, dt, xbc, b_off, c_off, z, z_off, has_z, A2t, At, Dv, bias, delta_softplus, ckpt, chunk,
-    gout, du, ddt, dz, dz_off, ygate, want_ygate, dbc_part, dAt, dD, dbias, CB,
+    u, u_off, dt, dtw, dt_off, fuse_dt, xbc, b_off, c_off, z, z_off, has_z, A2t, At, Dv, bias, delta_softplus,
+    ckpt, chunk, gout, du, ddt, dz, dz_off, ygate, want_ygate, dbc_part, dAt, dD, dbias, CB,
 ):  # fmt: skip
     """Gradients of scan_fwd given gout = dL/dout (B, L, D). Writes du, ddt (w.r.t. dt before bias/softplus),
     dz (at dz_off), optionally ygate (= the forward output, for out_proj's weight gradient), adds dB / dC into
     dbc_part[p] and writes dAt (N, D), dD, dbias (D,)."""
-    Bt, L, _ = dt.shape
+    Bt, L, _ = u.shape
     N, D = A2t.shape
     nblk = (D + CB - 1) // CB
     nck = (L + chunk - 1) // chunk
@@ -122,7 +150,8 @@ def scan_bwd(
             c0 = blk * CB
             w = min(CB, D - c0)
             A2, Db, bb = _block_params(A2t, Dv, bias, c0, w, CB)
-            Ab = _block_params(At, Dv, bias, c0, w, CB)[0]
+            Ab = _block_cols(At, c0, w, CB)
+            W = _block_cols(dtw, c0, w, CB)
             dA[:, :] = 0
             dDacc[:] = 0
             dbacc[:] = 0
@@ -135,9 +164,10 @@ def scan_bwd(
                     # -- recompute the chunk forward
                     for tt in range(T):
                         t = t0 + tt
-                        dtr, ur, xr = dt[b, t, c0 : c0 + w], u[b, t, u_off + c0 : u_off + c0 + w], xbc[b, t]
+                        ur, xr = u[b, t, u_off + c0 : u_off + c0 + w], xbc[b, t]
+                        _delta_pre(dt, b, t, c0, w, xr, dt_off, W, fuse_dt, bb, dbu)
                         for c in range(w):
-                            d = ld(dtr, c) + bb[c]
+                            d = dbu[c]
                             s = one
                             if delta_softplus:
                                 s = sigmoid(d)
@@ -146,7 +176,7 @@ def scan_bwd(
                             dl[tt, c] = d
                             sg[tt, c] = s
                             uu[tt, c] = uv
-                            dbu[c] = d * uv
+                            dbu[c] = d * uv  # (overwrites the pre-activation of this c, read above)
                             yv[tt, c] = Db[c] * uv
                         for n in range(N):
                             Bn = ld(xr, b_off + n)

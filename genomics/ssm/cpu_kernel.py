@@ -23,14 +23,18 @@ pools never run at the same time (kernels and matmuls alternate) and OMP's spin-
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import threading
+from pathlib import Path
 
 import numba
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genomics.ssm import _cpu_conv, _cpu_scan
+from genomics.ssm import _cpu_conv, _cpu_math, _cpu_scan
 
 CHUNK = 64  # scan steps between state checkpoints (backward recomputes one chunk at a time)
 FWD_BLOCK_MAX = 256  # channels per forward job, at most
@@ -39,6 +43,47 @@ _LOG2E = 1.4426950408889634
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
+
+
+def _drop_stale_jit_cache() -> None:
+    """numba's on-disk cache (cache=True) checks only the source file of each cached function, not the helpers it
+    inlines from other modules (_cpu_math): after any edit of the kernel files, drop all of their cached code."""
+    try:
+        sources = b"".join(Path(m.__file__).read_bytes() for m in (_cpu_math, _cpu_scan, _cpu_conv))
+        digest = hashlib.sha256(sources + numba.__version__.encode()).hexdigest()[:20]
+        cache_dir = Path(_cpu_scan.scan_fwd._cache._cache_path)  # numba internals; skipped if they change
+        stamp = cache_dir / "_cpu_kernels.stamp"
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        for path in list(cache_dir.glob("_cpu_scan.*.nb[ic]")) + list(cache_dir.glob("_cpu_conv.*.nb[ic]")):
+            path.unlink(missing_ok=True)
+        stamp.write_text(digest)
+    except (OSError, AttributeError):
+        pass
+
+
+_drop_stale_jit_cache()
+
+
+def _use_workqueue_layer() -> None:
+    """Prefer numba's "workqueue" threading layer (plain pthreads that sleep when idle) over "omp", whose idle threads
+    spin: under load they steal the cores the next kernel or torch matmul needs (measured in kb/cpu-kernel.md).
+    Only when the user chose no layer (NUMBA_THREADING_LAYER) and no parallel numba code has run yet."""
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    try:
+        numba.threading_layer()  # raises ValueError until the first parallel launch
+    except ValueError:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_use_workqueue_layer()
+_LAUNCH = threading.Lock()  # workqueue is not thread-safe: kernels from several Python threads take turns
+
+
+def _launch(kernel, *args) -> None:
+    with _LAUNCH:
+        kernel(*args)
 
 
 def _threads() -> int:
@@ -98,43 +143,55 @@ def _dummy(dtype: torch.dtype, ndim: int = 3) -> Tensor:
     return torch.zeros((1,) * ndim, dtype=dtype)
 
 
-def _run_scan(u, u_off, dt, xbc, b_off, c_off, z, z_off, A, D, delta_bias, delta_softplus, out, save):
-    """Forward scan on time-major buffers; returns the checkpoints (or None)."""
+def _delta_source(dt: Tensor | None, dt_w: Tensor | None, u: Tensor, ct: torch.dtype):
+    """Either delta before bias, dt (B, L, D), or dt_proj.weight (D, R) to compute it in the kernel from xbc."""
+    if dt_w is None:
+        return _np(dt), _np(torch.zeros(1, u.shape[-1], dtype=ct)), False
+    return _np(_dummy(u.dtype)), _np(dt_w.detach().to(ct).t().contiguous()), True  # dtw (R, D)
+
+
+def _run_scan(u, u_off, xbc, b_off, c_off, z, z_off, A, D, delta_bias, delta_softplus, out, save,
+              dt=None, dt_w=None, dt_off=0):  # fmt: skip
+    """Forward scan on time-major buffers (see _cpu_scan.scan_fwd); returns the checkpoints (or None)."""
     threads = _threads()
-    Bt, L, _ = dt.shape
-    ct = _compute_dtype(dt.dtype)
+    Bt, L, _ = u.shape
+    ct = _compute_dtype(u.dtype)
     A2t, _, Dv, bias = _scan_params(A, D, delta_bias, ct)
     ckpt = torch.empty(Bt, math.ceil(L / CHUNK), A.shape[1], A.shape[0], dtype=ct) if save else _dummy(ct, 4)
     has_z = z is not None
-    zz = z if has_z else _dummy(dt.dtype)
-    _cpu_scan.scan_fwd(
-        _np(u), u_off, _np(dt), _np(xbc), b_off, c_off, _np(zz), z_off, has_z, _np(A2t), _np(Dv), _np(bias),
-        bool(delta_softplus), _np(out), _np(ckpt), CHUNK, save, _fwd_block(A.shape[0], Bt, threads),
+    zz = z if has_z else _dummy(u.dtype)
+    dt_np, dtw, fuse = _delta_source(dt, dt_w, u, ct)
+    _launch(
+        _cpu_scan.scan_fwd,
+        _np(u), u_off, dt_np, dtw, dt_off, fuse, _np(xbc), b_off, c_off, _np(zz), z_off, has_z, _np(A2t), _np(Dv),
+        _np(bias), bool(delta_softplus), _np(out), _np(ckpt), CHUNK, save, _fwd_block(A.shape[0], Bt, threads),
     )  # fmt: skip
     return ckpt if save else None
 
 
-def _run_scan_bwd(u, u_off, dt, xbc, b_off, c_off, z, z_off, A, D, delta_bias, delta_softplus, ckpt, gout,
-                  dz, dz_off, ygate):  # fmt: skip
+def _run_scan_bwd(u, u_off, xbc, b_off, c_off, z, z_off, A, D, delta_bias, delta_softplus, ckpt, gout,
+                  dz, dz_off, ygate, dt=None, dt_w=None, dt_off=0):  # fmt: skip
     """Backward scan; returns du, ddt (storage dtype, (B, L, D)), dBC (B, L, 2N), dA (D, N), dD, dbias."""
     threads = _threads()
-    Bt, L, d_inner = dt.shape
-    N = A.shape[1]
-    ct = _compute_dtype(dt.dtype)
+    Bt, L, _ = u.shape
+    d_inner, N = A.shape
+    ct = _compute_dtype(u.dtype)
     A2t, At, Dv, bias = _scan_params(A, D, delta_bias, ct)
     P = max(1, min(threads, math.ceil(d_inner / BWD_BLOCK)))
-    du, ddt = torch.empty_like(dt), torch.empty_like(dt)
+    du, ddt = torch.empty(Bt, L, d_inner, dtype=u.dtype), torch.empty(Bt, L, d_inner, dtype=u.dtype)
     dbc_part = torch.zeros(P, Bt, L, 2 * N, dtype=ct)
     dAt, dD, dbias = torch.empty(N, d_inner, dtype=ct), torch.empty(d_inner, dtype=ct), torch.empty(d_inner, dtype=ct)
     has_z = z is not None
-    zz = z if has_z else _dummy(dt.dtype)
-    dzz = dz if has_z else _dummy(dt.dtype)
+    zz = z if has_z else _dummy(u.dtype)
+    dzz = dz if has_z else _dummy(u.dtype)
     want_y = ygate is not None
-    yg = ygate if want_y else _dummy(dt.dtype)
-    _cpu_scan.scan_bwd(
-        _np(u), u_off, _np(dt), _np(xbc), b_off, c_off, _np(zz), z_off, has_z, _np(A2t), _np(At), _np(Dv),
-        _np(bias), bool(delta_softplus), _np(ckpt), CHUNK, _np(gout), _np(du), _np(ddt), _np(dzz), dz_off, _np(yg),
-        want_y, _np(dbc_part), _np(dAt), _np(dD), _np(dbias), BWD_BLOCK,
+    yg = ygate if want_y else _dummy(u.dtype)
+    dt_np, dtw, fuse = _delta_source(dt, dt_w, u, ct)
+    _launch(
+        _cpu_scan.scan_bwd,
+        _np(u), u_off, dt_np, dtw, dt_off, fuse, _np(xbc), b_off, c_off, _np(zz), z_off, has_z, _np(A2t), _np(At),
+        _np(Dv), _np(bias), bool(delta_softplus), _np(ckpt), CHUNK, _np(gout), _np(du), _np(ddt), _np(dzz), dz_off,
+        _np(yg), want_y, _np(dbc_part), _np(dAt), _np(dD), _np(dbias), BWD_BLOCK,
     )  # fmt: skip
     return du, ddt, dbc_part.sum(0), dAt.t(), dD, dbias
 
@@ -163,7 +220,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         sd, ut, dtt, xbc, zt = _scan_inputs(u, delta, B, C, z)
         out = torch.empty_like(dtt)
         N = A.shape[1]
-        ckpt = _run_scan(ut, 0, dtt, xbc, 0, N, zt, 0, A, D, delta_bias, delta_softplus, out, save=True)
+        ckpt = _run_scan(ut, 0, xbc, 0, N, zt, 0, A, D, delta_bias, delta_softplus, out, save=True, dt=dtt)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         ctx.delta_softplus = delta_softplus
         return out.transpose(1, 2).to(u.dtype)  # (Bt, D, L)
@@ -175,8 +232,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         N = A.shape[1]
         dzt = None if z is None else torch.empty_like(zt)
         du, ddt, dbc, dA, dD, dbias = _run_scan_bwd(
-            ut, 0, dtt, xbc, 0, N, zt, 0, A, D, delta_bias, ctx.delta_softplus, ckpt, _time_major(gout, sd), dzt, 0,
-            None,
+            ut, 0, xbc, 0, N, zt, 0, A, D, delta_bias, ctx.delta_softplus, ckpt, _time_major(gout, sd), dzt, 0, None,
+            dt=dtt,
         )  # fmt: skip
         need = ctx.needs_input_grad
         dbc = dbc.transpose(1, 2)  # (Bt, 2N, L)
@@ -203,7 +260,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     sd, ut, dtt, xbc, zt = _scan_inputs(u, delta, B, C, z)
     out = dtt if dtt.data_ptr() != delta.data_ptr() else torch.empty_like(dtt)  # never overwrite the caller's delta
-    _run_scan(ut, 0, dtt, xbc, 0, A.shape[1], zt, 0, A, D, delta_bias, delta_softplus, out, save=False)
+    _run_scan(ut, 0, xbc, 0, A.shape[1], zt, 0, A, D, delta_bias, delta_softplus, out, save=False, dt=dtt)
     return out.transpose(1, 2).to(u.dtype)
 
 
@@ -217,15 +274,8 @@ def _conv_fwd(xzt: Tensor, conv_w: Tensor, conv_b: Tensor | None, d_inner: int) 
     ct = _compute_dtype(xzt.dtype)
     wT = conv_w.detach().reshape(d_inner, -1).t().to(ct).contiguous()  # (K, D)
     xs = torch.empty(Bt, L, d_inner, dtype=xzt.dtype)
-    _cpu_conv.conv_silu_fwd(_np(xzt), 0, _np(wT), _np(_vec(conv_b, d_inner, ct)), _np(xs), _nseg(L, threads))
+    _launch(_cpu_conv.conv_silu_fwd, _np(xzt), 0, _np(wT), _np(_vec(conv_b, d_inner, ct)), _np(xs), _nseg(L, threads))
     return xs
-
-
-def _linears(xs: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor):
-    """x_dbl = xs @ Wx^T (B, L, R + 2N); delta before bias = x_dbl[..., :R] @ Wdt^T (B, L, D)."""
-    x_dbl = F.linear(xs, x_proj_w.to(xs.dtype))
-    rank = dt_proj_w.shape[1]
-    return x_dbl, F.linear(x_dbl[..., :rank], dt_proj_w.to(xs.dtype))
 
 
 def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, delta_bias, softplus,
@@ -235,13 +285,14 @@ def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj
     rank, N = dt_proj_w.shape[1], A.shape[1]
     xzt = _time_major(xz, _storage_dtype(xz))  # (B, L, 2D)
     xs = _conv_fwd(xzt, conv_w, conv_b, d_inner)  # (B, L, D)
-    x_dbl, delta = _linears(xs, x_proj_w, dt_proj_w)
+    x_dbl = F.linear(xs, x_proj_w.to(xs.dtype))  # (B, L, R + 2N) = [dt | B | C]
+    y = torch.empty_like(xs)  # (B, L, D)
     ckpt = _run_scan(
-        xs, 0, delta, x_dbl, rank, rank + N, xzt, d_inner, A, D, delta_bias, softplus, out=delta, save=save
-    )  # delta now holds the gated scan output
+        xs, 0, x_dbl, rank, rank + N, xzt, d_inner, A, D, delta_bias, softplus, y, save, dt_w=dt_proj_w, dt_off=0
+    )  # delta = softplus(x_dbl[..., :R] @ dt_proj.weight^T + delta_bias) is computed inside the kernel
     del xs
-    bias = None if out_proj_b is None else out_proj_b.to(delta.dtype)
-    out = F.linear(delta, out_proj_w.to(delta.dtype), bias)  # (B, L, d_model)
+    bias = None if out_proj_b is None else out_proj_b.to(y.dtype)
+    out = F.linear(y, out_proj_w.to(y.dtype), bias)  # (B, L, d_model)
     return out, x_dbl, ckpt
 
 
@@ -268,18 +319,18 @@ class _MambaInnerFn(torch.autograd.Function):
         sd = xzt.dtype
         Bt, L, _ = xzt.shape
         xs = _conv_fwd(xzt, conv_w, conv_b, d_inner)  # recomputed, (B, L, D)
-        delta = F.linear(x_dbl[..., :rank], dt_proj_w.to(sd))  # (B, L, D)
         gout = gout.to(sd)
         gy = gout @ out_proj_w.to(sd)  # dL/d(gated y), (B, L, D)
         dxz = torch.empty_like(xzt)  # (B, L, 2D): z half from the scan, x half from the conv
+        ygate = torch.empty_like(xs)  # the forward's scan output, recomputed for out_proj's weight gradient
         du, ddelta, dbc, dA, dD, dbias = _run_scan_bwd(
-            xs, 0, delta, x_dbl, rank, rank + N, xzt, d_inner, A, D, delta_bias, ctx.softplus, ckpt, gy,
-            dxz, d_inner, delta,
-        )  # fmt: skip  # `delta` is overwritten with the gated y (each element read before it is written)
-        ygate, flat = delta, (Bt * L, -1)
+            xs, 0, x_dbl, rank, rank + N, xzt, d_inner, A, D, delta_bias, ctx.softplus, ckpt, gy, dxz, d_inner,
+            ygate, dt_w=dt_proj_w, dt_off=0,
+        )  # fmt: skip
+        flat = (Bt * L, -1)
         d_out_w = gout.reshape(flat).t() @ ygate.reshape(flat)  # (d_model, D)
         d_out_b = None if out_proj_b is None else gout.reshape(flat).sum(0)
-        del ygate, delta, gy
+        del ygate, gy
         dx_dbl = torch.cat([ddelta @ dt_proj_w.to(sd), dbc.to(sd)], dim=-1)  # (B, L, R + 2N)
         d_dt_w = ddelta.reshape(flat).t() @ x_dbl[..., :rank].reshape(flat)  # (D, R)
         del ddelta
@@ -311,8 +362,17 @@ def _conv_bwd(xzt, conv_w, conv_b, dxs, dxz, d_inner):
     J = Bt * _nseg(L, threads)
     dw_part = torch.empty(J, wT.shape[0], d_inner, dtype=ct)
     db_part = torch.empty(J, d_inner, dtype=ct)
-    _cpu_conv.conv_silu_bwd(
-        _np(xzt), 0, _np(wT), _np(_vec(conv_b, d_inner, ct)), _np(dxs), _np(dxz), 0, _np(dw_part), _np(db_part)
+    _launch(
+        _cpu_conv.conv_silu_bwd,
+        _np(xzt),
+        0,
+        _np(wT),
+        _np(_vec(conv_b, d_inner, ct)),
+        _np(dxs),
+        _np(dxz),
+        0,
+        _np(dw_part),
+        _np(db_part),
     )
     return dw_part.sum(0).t(), db_part.sum(0)
 

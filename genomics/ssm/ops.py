@@ -60,7 +60,9 @@ def resolve_backend(backend: str, device_type: str) -> str:
             "use backend='auto' or 'torch'"
         )
     if backend == "cpu" and (device_type != "cpu" or _cpu_ops() is None):
-        raise RuntimeError("SSM backend 'cpu' needs CPU tensors and the fused CPU kernel; use backend='auto' or 'torch'")
+        raise RuntimeError(
+            "SSM backend 'cpu' needs CPU tensors and the fused CPU kernel; use backend='auto' or 'torch'"
+        )
     return backend
 
 
