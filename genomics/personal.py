@@ -51,6 +51,7 @@ class RegionGenotypes:
     n_partial: int = 0  # sites only partly inside the region (skipped)
     n_symbolic: int = 0  # sites with a symbolic ALT (skipped when carried)
     cache: dict = field(default_factory=dict, repr=False)  # allele vector bytes -> haplotype string
+    ref_seq: str | None = field(default=None, repr=False)  # the region's reference sequence, once read
 
     def growth(self) -> int:
         """Upper bound on how much longer than the region a haplotype can get (sum of the largest insertions)."""
@@ -225,8 +226,10 @@ class PersonalHaplotypes:
                 if len(g.cache) >= _CACHE_MAX:
                     g.cache.clear()
                 calls = [None if a < 0 else int(a) for a in column]
+                if g.ref_seq is None:
+                    g.ref_seq = self.reference_sequence(i)
                 try:
-                    g.cache[key] = apply_variants(self.reference_sequence(i), g.region.start, g.variants, calls)
+                    g.cache[key] = apply_variants(g.ref_seq, g.region.start, g.variants, calls)
                 except ValueError as err:
                     raise ValueError(f"{err} (VCF {self.vcf}, reference {self.reference})") from err
             out.append(g.cache[key])

@@ -105,6 +105,7 @@ def cv_r2(x, y, folds=5):
     return 1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)  # (K,)
 
 
+@pytest.mark.slow
 def test_planted_link_recoverable_from_functional_connectivity(demo, truth):
     """Ridge from network-level FC (NiftiLabelsMasker parcel means, Pearson) recovers the factors on held-out folds."""
     from nilearn.maskers import NiftiLabelsMasker
@@ -182,6 +183,7 @@ def test_reuse_atomic_write_and_clashes(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["c", "mine"]  # no half-written cohort, no temporary folder left
 
 
+@pytest.mark.slow
 def test_cli_writes_a_cohort(tmp_path):
     out = tmp_path / "cli"
     args = [f"out={out}", "n_subjects=3", "n_volumes=5", "n_regions=4", "variants_per_region=5"]
