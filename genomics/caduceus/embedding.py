@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from genomics.alphabet import PAD_ID
-from genomics.caduceus.rcps import rc_channels
+from genomics.caduceus.rcps import stack_strands
 from genomics.caduceus.tokenizer import reverse_complement_ids
 
 
@@ -41,8 +41,7 @@ class CaduceusEmbedder(nn.Module):
     def forward(self, input_ids: Tensor) -> Tensor:
         h = self.backbone(input_ids, return_dict=True).last_hidden_state  # (B, L, D) or (B, L, 2D)
         if self.rcps:
-            d = self.d_model
-            return torch.stack([h[..., :d], rc_channels(h[..., d:])], dim=-1)  # (B, L, D, 2)
+            return stack_strands(h)  # (B, L, D, 2)
         if not self.conjoin:
             return h  # (B, L, D)
         rc_ids = reverse_complement_ids(input_ids, self.complement)  # (B, L)

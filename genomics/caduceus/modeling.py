@@ -26,8 +26,9 @@ from genomics.caduceus import loading
 from genomics.caduceus.bimamba import BiMambaWrapper
 from genomics.caduceus.blocks import create_block, norm_class
 from genomics.caduceus.config import CaduceusConfig
-from genomics.caduceus.rcps import RCPSAddNormWrapper, RCPSEmbedding, RCPSLMHead, rc_channels, rcps_add_norm
+from genomics.caduceus.rcps import RCPSAddNormWrapper, RCPSEmbedding, RCPSLMHead, rcps_add_norm, stack_strands
 from genomics.caduceus.tokenizer import reverse_complement_ids
+from genomics.ssm import ops
 from genomics.ssm.mamba import Mamba
 
 
@@ -115,6 +116,8 @@ class CaduceusPreTrainedModel(PreTrainedModel):
 
     def set_ssm_backend(self, backend: str) -> None:
         """Force the selective-scan backend of every mixer: "auto" | "torch" | "cpu" | "cuda"."""
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"unknown SSM backend {backend!r}; choose one of {ops.BACKENDS}")
         for module in self.modules():
             if isinstance(module, Mamba):
                 module.backend = backend
@@ -218,12 +221,10 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
 
     def strands(self, input_ids: Tensor, output_hidden_states=None):
         """Hidden states (B, L, D), or (B, L, D, 2) with the RC strand in RC order (RCPS, or Ph conjoined)."""
-        d = self.config.d_model
         conjoin = self.conjoin_train if self.training else self.conjoin_eval
         if self.config.rcps:
             out = self.caduceus(input_ids, output_hidden_states=output_hidden_states, return_dict=True)
-            h = out.last_hidden_state  # (B, L, 2D)
-            return torch.stack([h[..., :d], rc_channels(h[..., d:])], dim=-1), out  # (B, L, D, 2)
+            return stack_strands(out.last_hidden_state), out  # (B, L, 2D) -> (B, L, D, 2)
         if conjoin:
             fwd, rc = (input_ids[..., 0], input_ids[..., 1]) if input_ids.ndim == 3 else (input_ids, None)
             rc = reverse_complement_ids(fwd, self.config.complement_map) if rc is None else rc

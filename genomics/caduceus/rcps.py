@@ -27,6 +27,13 @@ def rc_channels(x: Tensor) -> Tensor:
     return x.flip(-2, -1)
 
 
+def stack_strands(x: Tensor) -> Tensor:
+    """RCPS stream (B, L, 2D) -> (B, L, D, 2): the forward half, and the RC half flipped back to channel order (it stays
+    in RC position order: position i of strand 1 reads base L-1-i)."""
+    d = x.shape[-1] // 2
+    return torch.stack([x[..., :d], rc_channels(x[..., d:])], dim=-1)  # (B, L, D, 2)
+
+
 def swap_halves(x: Tensor) -> Tensor:
     """[x_f, x_r] -> [x_r, x_f] over the last axis."""
     d = x.shape[-1] // 2
