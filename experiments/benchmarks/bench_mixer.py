@@ -139,6 +139,7 @@ def run_case(case: dict, out_dir: Path) -> dict:
         out = {}
 
         def fwd():
+            out.clear()  # the previous output is not kept alive during the next call
             out["y"] = module(x)
 
         times = _timed(fwd, case["min_total_s"], case["max_runs"])
@@ -170,10 +171,12 @@ def _run_model(case: dict, out_dir: Path) -> dict:
             times.append(time.perf_counter() - t)
     assert torch.isfinite(hidden.float()).all()
     best = min(times)
-    return dict(impl="model-bf16" if case.get("bf16") else "model", L=case["L"], dtype=str(dtype).removeprefix("torch."),
-                n_layer=config.n_layer, params=sum(p.numel() for p in model.parameters()), runs=len(times),
-                best_s=best, tokens_per_s=case["L"] / best, peak_mib=_peak_mib(), work_mib=_peak_mib() - rss0,
-                threads=torch.get_num_threads())  # fmt: skip
+    return dict(
+        impl="model-bf16" if case.get("bf16") else "model", L=case["L"], dtype=str(dtype).removeprefix("torch."),
+        n_layer=config.n_layer, params=sum(p.numel() for p in model.parameters()), runs=len(times), best_s=best,
+        tokens_per_s=case["L"] / best, peak_mib=_peak_mib(), work_mib=_peak_mib() - rss0,
+        threads=torch.get_num_threads(),
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------- driver
@@ -288,7 +291,9 @@ def _versions() -> dict:
         mambapy = version("mambapy")
     except Exception:
         mambapy = "?"
-    return dict(torch=torch.__version__, numba=numba.__version__, transformers=transformers.__version__, mambapy=mambapy)
+    return dict(
+        torch=torch.__version__, numba=numba.__version__, transformers=transformers.__version__, mambapy=mambapy
+    )
 
 
 def markdown(result: dict) -> str:

@@ -19,15 +19,16 @@ _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
 
 
 @njit(**_JIT)
-def conv_silu_fwd(xz, x_off, wT, bias, xs, nseg):
-    """xs (B, L, D) = silu(causal_conv(x)); wT (K, D), bias (D,) in the compute dtype; `nseg` time segments/batch."""
-    Bt, L, D = xs.shape
-    seg = (L + nseg - 1) // nseg
+def conv_silu_fwd(xz, x_off, t0, wT, bias, xs, nseg):
+    """xs[b, t] = silu(causal_conv(x))[b, t0 + t] for the T rows of xs (B, T, D); wT (K, D), bias (D,) in the
+    compute dtype; `nseg` parallel time segments per batch."""
+    Bt, T, D = xs.shape
+    seg = (T + nseg - 1) // nseg
     for job in prange(Bt * nseg):
         b, s = job // nseg, job % nseg
         acc = np.empty(D, wT.dtype)
-        for t in range(s * seg, min(L, (s + 1) * seg)):
-            _conv_row(xz, x_off, wT, bias, b, t, acc)
+        for t in range(s * seg, min(T, (s + 1) * seg)):
+            _conv_row(xz, x_off, wT, bias, b, t0 + t, acc)
             out = xs[b, t]
             for c in range(D):
                 st(out, c, acc[c] * sigmoid(acc[c]))

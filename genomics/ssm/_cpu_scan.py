@@ -33,10 +33,13 @@ _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
 
 @njit(**_JIT)
 def scan_fwd(
-    u, u_off, dt, dtw, dt_off, fuse_dt, xbc, b_off, c_off, z, z_off, has_z, A2t, Dv, bias, delta_softplus,
-    out, ckpt, chunk, save, CB,
+    u, u_off, dt, dtw, dt_off, fuse_dt, xbc, b_off, c_off, z, z_off, z_t0, has_z, A2t, Dv, bias, delta_softplus,
+    out, h0, ckpt, ck0, chunk, save, CB,
 ):  # fmt: skip
-    """out[b, t, c] = gated scan output (see module docstring), jobs of CB channels. `out` may be `dt` itself.
+    """out[b, t, c] = gated scan output (see module docstring), jobs of CB channels. Rows t of u, dt, xbc and out
+    are rows z_t0 + t of z; the state starts from h0 (B, N, D) and is written back there (so a long sequence can
+    run tile by tile); checkpoint k of this call is ckpt[b, ck0 + k]. `out` may alias `u` or `dt` (same offsets):
+    each element is read before it is written.
     fuse_dt: dt[b, t] = xbc[b, t, dt_off : dt_off + R] @ dtw (dtw (R, D) = dt_proj.weight^T), `dt` unused."""
     Bt, L, _ = u.shape
     N, D = A2t.shape
@@ -47,13 +50,13 @@ def scan_fwd(
         w = min(CB, D - c0)
         A2, Db, bb = _block_params(A2t, Dv, bias, c0, w, CB)  # (N, CB), (CB,), (CB,)
         W = _block_cols(dtw, c0, w, CB)  # (R, CB)
-        h = np.zeros((N, CB), A2t.dtype)  # state
+        h = _block_cols(h0[b], c0, w, CB)  # state (N, CB)
         dl = np.empty(CB, A2t.dtype)  # delta_t
         dbu = np.empty(CB, A2t.dtype)  # delta_t * u_t
         y = np.empty(CB, A2t.dtype)
         for t in range(L):
             if save and t % chunk == 0:
-                ckpt[b, t // chunk, :, c0 : c0 + w] = h[:, :w]
+                ckpt[b, ck0 + t // chunk, :, c0 : c0 + w] = h[:, :w]
             ur, xr = u[b, t, u_off + c0 : u_off + c0 + w], xbc[b, t]  # row views
             _delta_pre(dt, b, t, c0, w, xr, dt_off, W, fuse_dt, bb, dl)
             for c in range(w):
@@ -73,13 +76,14 @@ def scan_fwd(
                     y[c] += hv * Cn
             outr = out[b, t, c0 : c0 + w]
             if has_z:
-                zr = z[b, t, z_off + c0 : z_off + c0 + w]
+                zr = z[b, z_t0 + t, z_off + c0 : z_off + c0 + w]
                 for c in range(w):
                     zv = ld(zr, c)
                     st(outr, c, y[c] * zv * sigmoid(zv))
             else:
                 for c in range(w):
                     st(outr, c, y[c])
+        h0[b, :, c0 : c0 + w] = h[:, :w]
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

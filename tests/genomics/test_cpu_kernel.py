@@ -11,15 +11,17 @@ import pytest
 import torch
 from numba import njit
 
-from genomics.ssm import cpu_kernel, ops
+from genomics.ssm import _cpu_launch, cpu_kernel, ops
 from genomics.ssm._cpu_math import sigmoid, softplus, vexp, vexp2
 from genomics.ssm.reference import mamba_inner_ref, selective_scan_ref
 
 
 @pytest.fixture(autouse=True)
 def _small_chunks(monkeypatch):
-    """Checkpoint every 8 steps, so short sequences cross several chunks in the backward."""
-    monkeypatch.setattr(cpu_kernel, "CHUNK", 8)
+    """Checkpoint every 8 steps and run the forward in tiles of 24 rows, so that short sequences cross several
+    chunks in the backward and several tiles (state carried over) in the forward."""
+    monkeypatch.setattr(_cpu_launch, "CHUNK", 8)
+    monkeypatch.setattr(cpu_kernel, "FWD_TILE", 24)
 
 
 def _scan_inputs(batch, d_inner, d_state, length, dtype=torch.float32, seed=0):
