@@ -45,6 +45,14 @@ def test_brainlm_parcels_nan_voxels(atlas_files, tmp_path, synth):
     assert x.shape == (2, 20, 12) and torch.isfinite(x).all()
 
 
+def test_brainlm_parcels_atlas_on_another_grid(atlas_files, tmp_path, synth):
+    atlas, coords = atlas_files  # 4 mm LAS atlas; the scan is 3 mm RAS: the atlas is resampled to the scan
+    aff3 = np.array([[3.0, 0, 0, -90], [0, 3, 0, -126], [0, 0, 3, -72], [0, 0, 0, 1]])
+    path = synth.make_scan(tmp_path / "sub-3mm.nii.gz", n_frames=24, shape=(61, 73, 61), affine=aff3)
+    x = BrainLMParcels(atlas, coords, window=20, n_eval_windows=1)(path)
+    assert x.shape == (1, 20, 12) and torch.isfinite(x).all() and (x.abs().sum(1) > 0).all()
+
+
 def test_volume_windows_swift_and_brainmt_layouts(scan):
     sw = VolumeWindows(shape=(32, 32, 32), window=8, n_eval_windows=3, layout="swift", voxel_size=6.0)
     x = sw(scan)
