@@ -189,11 +189,14 @@ def _mem_available_mib() -> float:
 
 
 def _spawn(case: dict, out_dir: Path) -> dict:
+    """Run one case in a fresh interpreter; records the 1-minute load average around it (a shared machine)."""
     cmd = [sys.executable, __file__, "--_case", json.dumps(case), "--_out", str(out_dir)]
+    load0 = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    load = dict(load_before=round(load0, 2), load_after=round(os.getloadavg()[0], 2))
     if proc.returncode != 0:
-        return dict(case, error=(proc.stderr or proc.stdout)[-2000:], returncode=proc.returncode)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return dict(case, error=(proc.stderr or proc.stdout)[-2000:], returncode=proc.returncode, **load)
+    return json.loads(proc.stdout.strip().splitlines()[-1]) | load
 
 
 def _agreement(out_dir: Path, length: int, impls: list[str]) -> dict:
@@ -296,6 +299,10 @@ def _versions() -> dict:
     )
 
 
+def _load(r: dict) -> str:
+    return f"{r.get('load_before', float('nan')):.1f}-{r.get('load_after', float('nan')):.1f}"
+
+
 def markdown(result: dict) -> str:
     meta, rows = result["meta"], result["rows"]
     lines = [
@@ -303,10 +310,11 @@ def markdown(result: dict) -> str:
         f"torch {meta['versions']['torch']}, numba {meta['versions']['numba']}, transformers "
         f"{meta['versions']['transformers']}, mambapy {meta['versions']['mambapy']}. One mixer (d_model 256, "
         "d_state 16, expand 2), batch 1, inference; best of several runs; peak = the case's subprocess peak RSS, "
-        "work = peak minus RSS before the first forward.",
+        "work = peak minus RSS before the first forward; load = the machine's 1-minute load average before-after the "
+        "case (2 cores; other agents' jobs ran on the same machine).",
         "",
-        "| L | impl | tokens/s | x transformers | x mambapy | best s | peak MiB | work MiB | max rel diff |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| L | impl | tokens/s | x transformers | x mambapy | best s | peak MiB | work MiB | max rel diff | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by = {(r["impl"], r["L"]): r for r in rows if "tokens_per_s" in r}
     for r in rows:
@@ -315,7 +323,7 @@ def markdown(result: dict) -> str:
         agree = result["agreement"].get(str(r["L"]), {})
         if "skipped" in r or "error" in r:
             why = r.get("skipped") or "failed: " + r["error"].strip().splitlines()[-1][:120]
-            lines.append(f"| {r['L']} | {r['impl']} | - | | | | | | {why} |")
+            lines.append(f"| {r['L']} | {r['impl']} | - | | | | | | {why} | |")
             continue
         ratios = []
         for peer in ("transformers", "mambapy"):
@@ -325,25 +333,27 @@ def markdown(result: dict) -> str:
         diff_s = "ref" if agree.get("reference") == r["impl"] else ("" if diff is None else f"{diff:.1e}")
         lines.append(
             f"| {r['L']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {ratios[0]} | {ratios[1]} | {r['best_s']:.3f} "
-            f"| {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {diff_s} |"
+            f"| {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {diff_s} | {_load(r)} |"
         )
     train = [r for r in rows if r["impl"] == "ours-train" and "fwd_s" in r]
     if train:
-        lines += ["", "| L | ours, grad enabled | forward s | backward s | backward / forward | peak MiB |",
-                  "|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+        lines += ["", "| L | ours, grad enabled | forward s | backward s | backward / forward | peak MiB | load |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
         for r in train:
             lines.append(f"| {r['L']} | fp32 | {r['fwd_s']:.3f} | {r['bwd_s']:.3f} | {r['bwd_over_fwd']:.2f} "
-                         f"| {r['peak_mib']:,.0f} |")  # fmt: skip
+                         f"| {r['peak_mib']:,.0f} | {_load(r)} |")  # fmt: skip
     models = [r for r in rows if r["impl"].startswith("model")]
     if models:
-        lines += ["", "| Caduceus-PS (131k config, 16 layers) | L | seconds | tokens/s | peak RSS MiB | work MiB |",
-                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        head = "| Caduceus-PS (131k config, 16 layers) | L | seconds | tokens/s | peak RSS MiB | work MiB | load |"
+        lines += ["", head, "|---|---:|---:|---:|---:|---:|---:|"]
         for r in models:
             if "error" in r:
-                lines.append(f"| {r['impl']} | {r['L']} | failed: {r['error'].strip().splitlines()[-1][:100]} | | | |")
+                lines.append(
+                    f"| {r['impl']} | {r['L']} | failed: {r['error'].strip().splitlines()[-1][:100]} | | | | |"
+                )
                 continue
             lines.append(f"| forward, {r['dtype']} | {r['L']:,} | {r['best_s']:.1f} | {r['tokens_per_s']:,.0f} "
-                         f"| {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} |")  # fmt: skip
+                         f"| {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {_load(r)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from genomics.ssm import _cpu_launch as K
 
-FWD_TILE = 2048  # rows per tile of the mixer forward (rounded down to a multiple of CHUNK)
+FWD_TILE = 8192  # rows per tile of the mixer forward (rounded down to a multiple of CHUNK); fewer tiles = fewer
+# parallel regions, which matters on a loaded machine (each one can wait for a descheduled thread)
 
 
 def _grad(g: Tensor | None, like: Tensor | None, needed: bool):
