@@ -52,13 +52,13 @@ def _peak_mib() -> float:
 
 
 def _timed(fn, min_total_s: float, max_runs: int, min_runs: int = 2):
-    """Warm-up once, then run until `min_total_s` has passed (at least `min_runs`); returns all times."""
+    """Warm-up once, then run until `min_total_s` has passed (at least `min_runs`); returns (wall, cpu) per run."""
     fn()
     times = []
-    while len(times) < min_runs or (sum(times) < min_total_s and len(times) < max_runs):
-        t = time.perf_counter()
+    while len(times) < min_runs or (sum(t[0] for t in times) < min_total_s and len(times) < max_runs):
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append((time.perf_counter() - t, time.process_time() - c))
     return times
 
 
@@ -102,6 +102,8 @@ def run_case(case: dict, out_dir: Path) -> dict:
     import torch
 
     length, impl = case["L"], case["impl"]
+    if case.get("threads"):
+        torch.set_num_threads(case["threads"])
     if impl == "model":
         return _run_model(case, out_dir)
     module = _mixer(impl)
@@ -144,7 +146,8 @@ def run_case(case: dict, out_dir: Path) -> dict:
 
         times = _timed(fwd, case["min_total_s"], case["max_runs"])
     torch.save(out["y"].float(), out_dir / f"{impl}_{length}.pt")
-    res.update(runs=len(times), best_s=min(times), median_s=sorted(times)[len(times) // 2])
+    walls = sorted(t[0] for t in times)
+    res.update(runs=len(times), best_s=walls[0], median_s=walls[len(walls) // 2], cpu_s=min(t[1] for t in times))
     res.update(tokens_per_s=length / res["best_s"], peak_mib=_peak_mib(), work_mib=_peak_mib() - rss0)
     return res
 
@@ -166,14 +169,15 @@ def _run_model(case: dict, out_dir: Path) -> dict:
         model(ids[:, :1024])  # JIT load / warm-up at a short length
         times = []
         for _ in range(case["model_runs"]):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             hidden = model(ids).last_hidden_state  # (1, L, 2 * d_model)
-            times.append(time.perf_counter() - t)
+            times.append((time.perf_counter() - t, time.process_time() - c))
     assert torch.isfinite(hidden.float()).all()
-    best = min(times)
+    best, cpu = min(times)
     return dict(
         impl="model-bf16" if case.get("bf16") else "model", L=case["L"], dtype=str(dtype).removeprefix("torch."),
-        n_layer=config.n_layer, params=sum(p.numel() for p in model.parameters()), runs=len(times), best_s=best,
+        n_layer=config.n_layer, params=sum(p.numel() for p in model.parameters()), runs=len(times),
+        best_s=best, cpu_s=cpu,
         tokens_per_s=case["L"] / best, peak_mib=_peak_mib(), work_mib=_peak_mib() - rss0,
         threads=torch.get_num_threads(),
     )  # fmt: skip
@@ -219,6 +223,8 @@ def main(argv=None) -> None:
     ap.add_argument("--lengths", type=int, nargs="*", help="override the mixer lengths")
     ap.add_argument("--no-model", action="store_true", help="skip the Caduceus-PS model forward")
     ap.add_argument("--impls", nargs="*", default=["ours", "ours-bf16", "transformers", "mambapy"])
+    ap.add_argument("--threads", type=int, default=0, help="torch (and numba) threads per case; 0 = torch's default")
+    ap.add_argument("--model-only", action="store_true", help="only the Caduceus-PS model forward")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--_case", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
@@ -228,7 +234,9 @@ def main(argv=None) -> None:
         return
 
     lengths = args.lengths or ([1024, 4096] if args.quick else [1024, 4096, 16384, 131072])
-    budget = dict(min_total_s=1.0 if args.quick else 4.0, max_runs=5 if args.quick else 20)
+    budget = dict(min_total_s=1.0 if args.quick else 4.0, max_runs=5 if args.quick else 20, threads=args.threads)
+    if args.model_only:
+        lengths = []
     rows, agreement, last_peak = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
@@ -249,23 +257,26 @@ def main(argv=None) -> None:
                 print(json.dumps(r)[:400], flush=True)
             agreement[length] = _agreement(out_dir, length, args.impls)
             print(f"L={length} agreement: {agreement[length]}", flush=True)
-        for length in [4096] if args.quick else [4096, 16384]:
-            rows.append(_spawn(dict(impl="ours-train", L=length, train_runs=2 if args.quick else 3), out_dir))
+        for length in [] if args.model_only else [4096] if args.quick else [4096, 16384]:
+            case = dict(impl="ours-train", L=length, train_runs=2 if args.quick else 3, threads=args.threads)
+            rows.append(_spawn(case, out_dir))
             print(json.dumps(rows[-1]), flush=True)
         if not args.no_model:
             model_len = 4096 if args.quick else 131072
             for bf16 in (False, True):
-                rows.append(_spawn(dict(impl="model", L=model_len, model_runs=1, bf16=bf16), out_dir))
+                case = dict(impl="model", L=model_len, model_runs=1, bf16=bf16, threads=args.threads)
+                rows.append(_spawn(case, out_dir))
                 print(json.dumps(rows[-1]), flush=True)
 
     meta = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"), host=platform.node(), cpu=_cpu_name(),
         cores=os.cpu_count(), mem_total_gib=round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
-        python=platform.python_version(), versions=_versions(), quick=args.quick,
+        python=platform.python_version(), versions=_versions(), quick=args.quick, threads=args.threads or "default",
         mixer=dict(d_model=D_MODEL, d_state=D_STATE, expand=EXPAND, d_conv=D_CONV, dt_rank=DT_RANK, batch=1),
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "mixer_quick" if args.quick else "mixer"
+    stem = ("mixer_quick" if args.quick else "mixer") + (f"_{args.threads}threads" if args.threads else "")
+    stem += "_model" if args.model_only else ""
     result = dict(meta=meta, rows=rows, agreement={str(k): v for k, v in agreement.items()})
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(result))
@@ -313,8 +324,9 @@ def markdown(result: dict) -> str:
         "work = peak minus RSS before the first forward; load = the machine's 1-minute load average before-after the "
         "case (2 cores; other agents' jobs ran on the same machine).",
         "",
-        "| L | impl | tokens/s | x transformers | x mambapy | best s | peak MiB | work MiB | max rel diff | load |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| L | impl | tokens/s | x transformers | x mambapy | best s | cpu s | peak MiB | work MiB | max rel diff "
+        "| load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by = {(r["impl"], r["L"]): r for r in rows if "tokens_per_s" in r}
     for r in rows:
@@ -323,7 +335,7 @@ def markdown(result: dict) -> str:
         agree = result["agreement"].get(str(r["L"]), {})
         if "skipped" in r or "error" in r:
             why = r.get("skipped") or "failed: " + r["error"].strip().splitlines()[-1][:120]
-            lines.append(f"| {r['L']} | {r['impl']} | - | | | | | | {why} | |")
+            lines.append(f"| {r['L']} | {r['impl']} | - | | | | | | | {why} | |")
             continue
         ratios = []
         for peer in ("transformers", "mambapy"):
@@ -333,7 +345,8 @@ def markdown(result: dict) -> str:
         diff_s = "ref" if agree.get("reference") == r["impl"] else ("" if diff is None else f"{diff:.1e}")
         lines.append(
             f"| {r['L']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {ratios[0]} | {ratios[1]} | {r['best_s']:.3f} "
-            f"| {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {diff_s} | {_load(r)} |"
+            f"| {r.get('cpu_s', float('nan')):.3f} | {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {diff_s} "
+            f"| {_load(r)} |"
         )
     train = [r for r in rows if r["impl"] == "ours-train" and "fwd_s" in r]
     if train:
@@ -344,15 +357,18 @@ def markdown(result: dict) -> str:
                          f"| {r['peak_mib']:,.0f} | {_load(r)} |")  # fmt: skip
     models = [r for r in rows if r["impl"].startswith("model")]
     if models:
-        head = "| Caduceus-PS (131k config, 16 layers) | L | seconds | tokens/s | peak RSS MiB | work MiB | load |"
-        lines += ["", head, "|---|---:|---:|---:|---:|---:|---:|"]
+        head = (
+            "| Caduceus-PS (131k config, 16 layers) | L | seconds | cpu s | tokens/s | peak RSS MiB | work MiB | load |"
+        )
+        lines += ["", head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in models:
             if "error" in r:
                 lines.append(
                     f"| {r['impl']} | {r['L']} | failed: {r['error'].strip().splitlines()[-1][:100]} | | | | |"
                 )
                 continue
-            lines.append(f"| forward, {r['dtype']} | {r['L']:,} | {r['best_s']:.1f} | {r['tokens_per_s']:,.0f} "
+            cpu = r.get("cpu_s", float("nan"))
+            lines.append(f"| forward, {r['dtype']} | {r['L']:,} | {r['best_s']:.1f} | {cpu:.1f} | {r['tokens_per_s']:,.0f} "
                          f"| {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {_load(r)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
