@@ -368,8 +368,10 @@ def markdown(result: dict) -> str:
                 )
                 continue
             cpu = r.get("cpu_s", float("nan"))
-            lines.append(f"| forward, {r['dtype']} | {r['L']:,} | {r['best_s']:.1f} | {cpu:.1f} "
-                         f"| {r['tokens_per_s']:,.0f} | {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {_load(r)} |")  # fmt: skip
+            lines.append(
+                f"| forward, {r['dtype']} | {r['L']:,} | {r['best_s']:.1f} | {cpu:.1f} | {r['tokens_per_s']:,.0f} "
+                f"| {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {_load(r)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
