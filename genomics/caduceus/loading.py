@@ -65,23 +65,23 @@ def adapt_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[st
     aliases = tied_aliases(model)
     model_prefixed = any(k.startswith(PREFIX) for k in expected)
     ckpt_prefixed = any(k.startswith(PREFIX) for k in state_dict)
-    sd = {}
+    sd, foreign = {}, set()
     for key, value in state_dict.items():
         if model_prefixed and not ckpt_prefixed and key.startswith("backbone."):
             key = PREFIX + key
         elif ckpt_prefixed and not model_prefixed:
             if not key.startswith(PREFIX):
-                log.info("ignoring %s: a head of another Caduceus class", key)
+                foreign.add(key)  # a head, and this model is the bare backbone
                 continue
             key = key[len(PREFIX) :]
         sd[key] = value
 
     own_heads = {k.split(".")[0] for k in expected if k.split(".")[0] in HEADS}
-    foreign = {k for k in sd if k.split(".")[0] in HEADS and k.split(".")[0] not in own_heads}
+    foreign |= {k for k in sd if k.split(".")[0] in HEADS and k.split(".")[0] not in own_heads}
     if foreign:
         log.info("ignoring the keys of another Caduceus head: %s", _names(foreign))
     for key in foreign:
-        del sd[key]
+        sd.pop(key, None)
     for alias, source in aliases.items():  # tied aliases: optional, equal to their source when present
         if alias not in sd:
             continue
