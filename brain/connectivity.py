@@ -2,7 +2,8 @@
 
 Input: parcel time series windows (B, W, T, P) from brain.parcellation.ParcelTimeSeries.
 Output: (B, P*(P-1)/2) upper triangle (diagonal discarded) of each scan's connectivity, averaged over windows:
-  kind="correlation": nilearn ConnectivityMeasure (Ledoit-Wolf covariance -> correlation), Fisher z (arctanh) by default;
+  kind="correlation": Pearson correlation (covariance="empirical", batched in torch) or nilearn's ConnectivityMeasure
+                      with the Ledoit-Wolf shrunk covariance (covariance="ledoit_wolf"); Fisher z (arctanh) by default;
   kind="tangent":     tangent-space embedding around the group mean of the *training* scans (Varoquaux et al. 2010);
                       needs fit() on the training split; the whitening matrix is a buffer, so checkpoints carry it.
 No trainable parameters.
@@ -37,7 +38,7 @@ class FunctionalConnectivity(nn.Module):
         n_parcels: int,
         kind: str = "correlation",  # correlation | tangent
         fisher_z: bool = True,  # arctanh of correlations
-        covariance: str = "ledoit_wolf",  # ledoit_wolf (nilearn's default, shrunk) | empirical (plain Pearson)
+        covariance: str = "empirical",  # empirical (plain Pearson) | ledoit_wolf (nilearn's default, shrunk)
     ):
         super().__init__()
         if kind not in ("correlation", "tangent"):
@@ -56,6 +57,13 @@ class FunctionalConnectivity(nn.Module):
 
         estimator = LedoitWolf(store_precision=False) if self.covariance == "ledoit_wolf" else EmpiricalCovariance()
         return ConnectivityMeasure(cov_estimator=estimator, kind=kind, standardize="zscore_sample")
+
+    @staticmethod
+    def _pearson(x: Tensor) -> Tensor:
+        """(N, T, P) -> (N, P, P) Pearson correlation matrices."""
+        x = x - x.mean(1, keepdim=True)
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)  # constant parcels get zero correlation
+        return x.transpose(1, 2) @ x  # (N, P, P)
 
     def _covariances(self, series: np.ndarray) -> np.ndarray:
         """(N, T, P) -> (N, P, P) correlations (kind correlation) or covariances of z-scored series (tangent)."""
@@ -79,6 +87,12 @@ class FunctionalConnectivity(nn.Module):
             raise ValueError(f"FunctionalConnectivity was built for {self.n_parcels} parcels, got {p}")
         if not bool(self.fitted):
             raise RuntimeError("tangent connectivity needs fit() on the training scans before use")
+        if self.kind == "correlation" and self.covariance == "empirical":
+            mats = self._pearson(x.reshape(b * w, t, p).double()).clamp(-1, 1)  # (B*W, P, P)
+            if self.fisher_z:
+                mats = torch.arctanh(mats.clamp(-0.999999, 0.999999))
+            iu = torch.triu_indices(p, p, offset=1, device=x.device)
+            return mats[:, iu[0], iu[1]].float().reshape(b, w, -1).mean(1)  # (B, P*(P-1)/2)
         series = x.reshape(b * w, t, p).double().cpu().numpy()
         mats = self._covariances(series)  # (B*W, P, P)
         if self.kind == "tangent":

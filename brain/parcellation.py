@@ -49,15 +49,18 @@ class ParcelTimeSeries:
         low_pass: float | None = None,  # Hz; needs t_r
         high_pass: float | None = None,  # Hz; needs t_r
         t_r: float | None = None,  # seconds; read from the header when None and filtering is on
+        cache: bool = True,  # keep each scan's parcel series in memory (per process) after the first read
     ):
         self.atlas = atlas
         self.window, self.n_eval_windows = window, n_eval_windows
         self.standardize, self.detrend = standardize, detrend
         self.low_pass, self.high_pass, self.t_r = low_pass, high_pass, t_r
+        self.cache = cache
         self._masker = None  # built lazily, per process
+        self._series: dict[str, np.ndarray] = {}  # path -> (T, P), when cache is on
 
     def __getstate__(self):  # picklable for dataloader workers
-        return {**self.__dict__, "_masker": None}
+        return {**self.__dict__, "_masker": None, "_series": {}}
 
     @property
     def labels(self) -> np.ndarray:
@@ -74,11 +77,16 @@ class ParcelTimeSeries:
             if not atlas.exists():
                 raise FileNotFoundError(f"atlas not found: {atlas}")
             self._n_parcels = len(self.labels)
-            self._masker = NiftiLabelsMasker(labels_img=str(atlas), strategy="mean", resampling_target="data").fit()
+            self._masker = NiftiLabelsMasker(
+                labels_img=str(atlas), strategy="mean", resampling_target="data", standardize=None
+            ).fit()
         return self._masker
 
     def parcel_series(self, fmri_path: str | Path) -> np.ndarray:
         """The whole scan as (T, P) float32 parcel means (no cleaning)."""
+        key = str(fmri_path)
+        if key in self._series:
+            return self._series[key]
         masker = self._get_masker()
         img = load_bold(fmri_path)
         series = masker.transform(img).astype(np.float32)  # (T, P')
@@ -87,6 +95,8 @@ class ParcelTimeSeries:
                 f"{fmri_path}: {series.shape[1]} of the atlas's {self._n_parcels} parcels fall inside the scan's field "
                 f"of view; check the scan is in the atlas space ({self.atlas})"
             )
+        if self.cache:
+            self._series[key] = series
         return series
 
     def __call__(self, fmri_path: str | Path, *, train: bool = False, rng=None) -> torch.Tensor:
@@ -109,7 +119,7 @@ class ParcelTimeSeries:
         out = clean(
             series,
             detrend=self.detrend,
-            standardize="zscore_sample" if self.standardize else False,
+            standardize="zscore_sample" if self.standardize else None,
             low_pass=self.low_pass,
             high_pass=self.high_pass,
             t_r=t_r,

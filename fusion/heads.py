@@ -20,7 +20,8 @@ class ProjectionHead(nn.Module):
         input_norm: bool = False,  # BatchNorm1d(affine=False) on the input features
     ):
         super().__init__()
-        self.input_norm = nn.BatchNorm1d(in_dim, affine=False) if input_norm else nn.Identity()
+        # momentum=None: cumulative average of batch statistics, exact for the fixed features of frozen encoders
+        self.input_norm = nn.BatchNorm1d(in_dim, affine=False, momentum=None) if input_norm else nn.Identity()
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
             nn.GELU(),
