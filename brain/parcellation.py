@@ -3,7 +3,7 @@
 Transform for the parcel-based encoders (functional connectivity, BrainLM):
     ParcelTimeSeries(atlas)(fmri_path, train=..., rng=...) -> FloatTensor (W, T, P)
 Parcel signal = mean of its voxels (NaN voxels -> 0 first, as BrainLM does); the atlas is resampled to the scan when
-affines differ (nilearn, nearest-neighbour labels). Optional nilearn cleaning (detrend, band-pass, z-scoring per parcel).
+affines differ (nilearn, nearest-neighbour labels). Optional nilearn cleaning (detrend, band-pass, z-scoring).
 """
 
 from __future__ import annotations
@@ -102,7 +102,12 @@ class ParcelTimeSeries:
     def __call__(self, fmri_path: str | Path, *, train: bool = False, rng=None) -> torch.Tensor:
         series = self.parcel_series(fmri_path)  # (T, P)
         starts = window_starts(
-            series.shape[0], self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path)
+            series.shape[0],
+            self.window,
+            train=train,
+            n_eval_windows=self.n_eval_windows,
+            rng=rng,
+            source=str(fmri_path),
         )
         length = series.shape[0] if self.window is None else self.window
         windows = np.stack([self._clean(series[s : s + length], fmri_path) for s in starts])  # (W, T, P)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def window_starts(n_frames: int, window: int | None, *, train: bool, n_eval_windows: int, rng, source: str) -> list[int]:
+def window_starts(
+    n_frames: int, window: int | None, *, train: bool, n_eval_windows: int, rng, source: str
+) -> list[int]:
     """Start frames of the windows to cut from a scan of `n_frames` frames (`source` names the file in errors)."""
     if window is None:
         return [0]

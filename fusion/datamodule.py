@@ -1,6 +1,6 @@
 """LightningDataModule over a cohort on disk: validates it once, then serves paired subjects per split.
 
-The cohort (manifest + VCF + reference + regions + atlas) is loaded and checked in __init__, before any compute is spent;
+The cohort (manifest + VCF + reference + regions + atlas) is loaded and checked in __init__, before compute is spent;
 problems are reported all at once (fusion.cohort). Training uses random windows (drop_last so every contrastive batch
 has the same size); validation/test use the deterministic evaluation windows.
 """

@@ -4,7 +4,7 @@ An encoder is a torch.nn.Module with
     output_dim: int                      # d, the width of its pooled output
     forward(x: Tensor) -> Tensor         # (B, ...) -> (B, d)
 and, optionally,
-    fit(inputs: Iterable[Tensor]) -> None  # data-fitted baselines (e.g. tangent-space connectivity): training split only
+    fit(inputs: Iterable[Tensor]) -> None  # data-fitted baselines (e.g. tangent connectivity): training split only
 
 Its inputs come from a transform (a plain callable, built from the same Hydra config group):
     genomics transform: transform(subject_id) -> LongTensor (R, H, L)    # regions x haplotypes x tokens

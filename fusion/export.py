@@ -88,7 +88,8 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 
 def to_table(rows: dict, split: str) -> pa.Table:
-    cols = {"subject_id": pa.array(rows["subject_id"], pa.string()), "split": pa.array([split] * len(rows["subject_id"]))}
+    n = len(rows["subject_id"])
+    cols = {"subject_id": pa.array(rows["subject_id"], pa.string()), "split": pa.array([split] * n, pa.string())}
     for key in ("genomics", "brain", "fused"):
         mat = rows[key]
         cols[key] = pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])

@@ -60,7 +60,7 @@ class AlignmentModule(L.LightningModule):
         return self.net(genomics, brain)
 
     def on_fit_start(self) -> None:
-        """Fit data-fitted encoders (e.g. tangent connectivity) on the training split, once; they store a `fitted` flag."""
+        """Fit data-fitted encoders (e.g. tangent connectivity) on the training split; they keep a `fitted` flag."""
         for key, tower in (("genomics", self.net.genomics), ("brain", self.net.brain)):
             fitted = getattr(tower.encoder, "fitted", None)
             if hasattr(tower.encoder, "fit") and fitted is not None and not bool(fitted):
@@ -69,7 +69,7 @@ class AlignmentModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         z = self.net(batch["genomics"], batch["brain"])
         loss = self.loss(z["genomics"], z["brain"], self.net.logit_scale())
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["index"]))
         self.log("train/logit_scale", self.net.logit_scale(), batch_size=len(batch["index"]))
         return loss
 

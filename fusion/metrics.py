@@ -18,7 +18,7 @@ DIRECTIONS = {"g2b": ("genomics", "brain"), "b2g": ("brain", "genomics")}
 
 
 def retrieval_ranks(queries: Tensor, gallery: Tensor, chunk_size: int = 1024) -> Tensor:
-    """queries, gallery: (N, D), row i of each is one subject. Returns (N,) 1-based rank of gallery[i] for queries[i]."""
+    """queries, gallery: (N, D), row i of each is one subject -> (N,) 1-based rank of gallery[i] for queries[i]."""
     ranks = []
     for start in range(0, queries.shape[0], chunk_size):
         q = queries[start : start + chunk_size]  # (C, D)

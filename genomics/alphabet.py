@@ -1,8 +1,9 @@
 """The DNA alphabet of the published Caduceus checkpoints (CaduceusTokenizer ids) and fast numpy encoding.
 
-ids: [CLS]=0 [SEP]=1 [BOS]=2 [MASK]=3 [PAD]=4 [RESERVED]=5 [UNK]=6, A=7 C=8 G=9 T=10 N=11 (vocab 12, padded to 16 in the model).
-Every genomics input in genobrain is a LongTensor of these ids, so the k-mer baseline and Caduceus read the same batches.
-N policy (default): N -> [PAD] (id 4), as the published models saw N during pretraining (hg38 loader); `n_as="N"` keeps id 11.
+ids: [CLS]=0 [SEP]=1 [BOS]=2 [MASK]=3 [PAD]=4 [RESERVED]=5 [UNK]=6, A=7 C=8 G=9 T=10 N=11
+(vocab 12, padded to 16 in the model).
+Every genomics input in genobrain is a LongTensor of these ids: the k-mer baseline and Caduceus read the same batches.
+N policy (default): N -> [PAD] (id 4), as the published models saw N in pretraining (hg38 loader); `n_as="N"` keeps 11.
 """
 
 from __future__ import annotations

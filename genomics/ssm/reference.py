@@ -22,7 +22,7 @@ def selective_scan_ref(
     delta_bias: Tensor | None = None,  # (D,)
     delta_softplus: bool = False,
 ) -> Tensor:
-    """y_t = C_t . h_t + D x_t with h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t; then y * silu(z). Returns (B, D, L)."""
+    """y_t = C_t . h_t + D x_t, h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t; then y * silu(z). Returns (B, D, L)."""
     dtype_in = u.dtype
     u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
     A = A.float()
