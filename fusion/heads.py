@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from genomics.caduceus.embedding import CaduceusProjector
+
 
 class ProjectionHead(nn.Module):
+    """[BatchNorm (optional)] -> CaduceusProjector: Linear, GELU, Dropout, Linear, LayerNorm."""
+
     def __init__(
         self,
         in_dim: int,
@@ -22,14 +26,8 @@ class ProjectionHead(nn.Module):
         super().__init__()
         # momentum=None: cumulative average of batch statistics, exact for the fixed features of frozen encoders
         self.input_norm = nn.BatchNorm1d(in_dim, affine=False, momentum=None) if input_norm else nn.Identity()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_dim, out_dim),
-            nn.LayerNorm(out_dim),
-        )
+        self.projector = CaduceusProjector(in_dim, hidden_dim, out_dim, dropout)
         self.output_dim = out_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.input_norm(x))  # (B, in) -> (B, out)
+        return self.projector(self.input_norm(x))  # (B, in) -> (B, out)
