@@ -34,7 +34,7 @@ MARKER = "_COMPLETE.json"
 # every parameter, with its default (configs/demo/default.yaml documents each one; a test keeps the two in sync)
 DEFAULTS: dict = {
     "seed": 0,
-    "n_subjects": 200,
+    "n_subjects": 300,
     "n_contigs": 4,
     "contig_length": 50_000,
     "soft_mask_fraction": 0.15,
