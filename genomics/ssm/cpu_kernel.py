@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from genomics.ssm import _cpu_launch as K
@@ -115,15 +116,14 @@ def _linear_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) ->
             torch.addmm(bias, x[b], weight.t(), out=out[b])
 
 
-def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, delta_bias, softplus,
-                   save):  # fmt: skip
-    """out (B, L, d_model), and when `save` what the backward needs: x_dbl (B, L, R + 2N) and the checkpoints."""
+def _tiled_forward(xz_rows, Bt, L, sd, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, delta_bias,
+                   softplus, save):  # fmt: skip
+    """The mixer inner tile by tile. xz_rows(t0, T) -> (xzt, r0): a time-major (B, ., 2D) array in dtype `sd` whose
+    row r0 + t is sequence row t0 + t, holding the d_conv - 1 rows before t0 too when t0 > 0 (the conv's history).
+    Returns out (B, L, d_model), and when `save` x_dbl (B, L, R + 2N) and the checkpoints."""
     d_inner, N = A.shape
     rank = dt_proj_w.shape[1]
-    xzt = K.time_major(xz, K.storage_dtype(xz))  # (B, L, 2D)
-    sd = xzt.dtype
     ct = K.compute_dtype(sd)
-    Bt, L, _ = xzt.shape
     tile = min(L, max(K.CHUNK, FWD_TILE - FWD_TILE % K.CHUNK))  # tiles start on checkpoint boundaries
     wT, cb = K.conv_weights(conv_w, conv_b, ct)
     p = K.ScanParams(A, D, delta_bias, softplus, ct, dt_w=dt_proj_w)
@@ -137,15 +137,27 @@ def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj
     out = torch.empty(Bt, L, out_w.shape[0], dtype=sd)  # (B, L, d_model)
     for t0 in range(0, L, tile):
         T = min(tile, L - t0)
+        xzt, r0 = xz_rows(t0, T)
         xs = xs_buf[: Bt * T * d_inner].view(Bt, T, d_inner)
         xd = xd_buf[: Bt * T * x_w.shape[0]].view(Bt, T, -1)
-        K.run_conv(xzt, wT, cb, xs, t0)  # (B, T, D)
+        K.run_conv(xzt, wT, cb, xs, r0)  # (B, T, D)
         torch.matmul(xs, x_w.t(), out=xd)  # (B, T, R + 2N)
         if save:
             x_dbl[:, t0 : t0 + T] = xd
-        K.run_scan(p, xs, xd, rank, rank + N, xzt, d_inner, xs, z_t0=t0, h0=h, ckpt=ckpt, ck0=t0 // K.CHUNK)
+        K.run_scan(p, xs, xd, rank, rank + N, xzt, d_inner, xs, z_t0=r0, h0=h, ckpt=ckpt, ck0=t0 // K.CHUNK)
         _linear_into(xs, out_w, out_b, out[:, t0 : t0 + T])  # out_proj of the gated scan output
     return out, x_dbl, ckpt
+
+
+def _inner_forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, delta_bias, softplus,
+                   save):  # fmt: skip
+    """mamba_inner's forward: tiles read in place from the whole xz."""
+    xzt = K.time_major(xz, K.storage_dtype(xz))  # (B, L, 2D)
+    Bt, L, _ = xzt.shape
+    return _tiled_forward(
+        lambda t0, T: (xzt, t0), Bt, L, xzt.dtype, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b,
+        A, D, delta_bias, softplus, save,
+    )  # fmt: skip
 
 
 class _MambaInnerFn(torch.autograd.Function):
@@ -227,3 +239,45 @@ def mamba_inner_cpu(
     if _wants_grad(*args):
         return _MambaInnerFn.apply(*args, delta_softplus)
     return _inner_forward(*args, delta_softplus, save=False)[0]
+
+
+def mamba_mixer_cpu(
+    hidden_states: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor | None,
+    conv1d_weight: Tensor,
+    conv1d_bias: Tensor | None,
+    x_proj_weight: Tensor,
+    delta_proj_weight: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = True,
+) -> Tensor:
+    """The whole mixer, in_proj included: (B, L, d_model) -> (B, L, d_model), = mamba_inner(in_proj(h)^T, ...).
+    In inference in_proj is tiled too (each tile recomputes the d_conv - 1 rows before it), so no full-length
+    (B, L, 2D) xz exists: only the input, the output and (B, FWD_TILE, 2D) buffers. With grad: in_proj, then
+    mamba_inner_cpu."""
+    weights = (conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A, D,
+               delta_bias)  # fmt: skip
+    if _wants_grad(hidden_states, in_proj_weight, in_proj_bias, *weights):
+        xz = F.linear(hidden_states, in_proj_weight, in_proj_bias).transpose(1, 2)  # (B, 2D, L), time-major memory
+        return mamba_inner_cpu(xz, *weights, delta_softplus=delta_softplus)
+    Bt, L, _ = hidden_states.shape
+    sd = K.storage_dtype(hidden_states)
+    w_in = in_proj_weight.to(sd)
+    b_in = None if in_proj_bias is None else in_proj_bias.to(sd)
+    halo = conv1d_weight.shape[-1] - 1
+    tile = min(L, max(K.CHUNK, FWD_TILE - FWD_TILE % K.CHUNK))
+    xz_buf = torch.empty(Bt * (tile + halo) * w_in.shape[0], dtype=sd)
+    hidden = hidden_states.to(sd)
+
+    def xz_rows(t0: int, T: int):
+        s = max(0, t0 - halo)  # the conv's history rows are recomputed
+        xzt = xz_buf[: Bt * (t0 + T - s) * w_in.shape[0]].view(Bt, t0 + T - s, -1)  # (B, rows, 2D)
+        _linear_into(hidden[:, s : t0 + T], w_in, b_in, xzt)
+        return xzt, t0 - s
+
+    return _tiled_forward(xz_rows, Bt, L, sd, *weights, delta_softplus, save=False)[0]

@@ -1,18 +1,22 @@
-"""Backend dispatch for the Mamba-1 selective scan and mixer inner.
+"""Backend dispatch for the Mamba-1 selective scan, mixer inner and whole mixer.
 
 backend:
   "auto"  -> "cuda" when the tensors are on a CUDA device and mamba-ssm imports, else "cpu" when the fused CPU kernel
              is available, else "torch".
   "torch" -> genomics.ssm.reference (pure PyTorch, sequential; runs everywhere, the test oracle).
-  "cpu"   -> the fused CPU kernel (genomics.ssm.cpu_kernel; see issue 4).
+  "cpu"   -> the fused CPU kernel (genomics.ssm.cpu_kernel; kb/cpu-kernel.md). It reads xz in place when its memory
+             is time-major (xz = in_proj(h).transpose(1, 2)).
   "cuda"  -> mamba_ssm.ops.selective_scan_interface (the `[cuda]` extra).
-Signatures and layouts are those of mamba_ssm (channels first: (B, D, L)).
+Signatures and layouts are those of mamba_ssm (channels first: (B, D, L)). `mamba_mixer` also takes in_proj: on the
+"cpu" backend in inference it never materialises the (B, L, 2 * d_inner) in_proj output (tiled), elsewhere it is
+in_proj followed by `mamba_inner`.
 """
 
 from __future__ import annotations
 
 import functools
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from genomics.ssm.reference import mamba_inner_ref, selective_scan_ref
@@ -32,12 +36,12 @@ def _cuda_ops():
 
 @functools.cache
 def _cpu_ops():
-    """The fused CPU kernel's (mamba_inner, selective_scan), or None when it is not available."""
+    """The fused CPU kernel's (mamba_inner, selective_scan, mamba_mixer), or None when it is not available."""
     try:
         from genomics.ssm import cpu_kernel
     except ImportError:
         return None
-    return cpu_kernel.mamba_inner_cpu, cpu_kernel.selective_scan_cpu
+    return cpu_kernel.mamba_inner_cpu, cpu_kernel.selective_scan_cpu, cpu_kernel.mamba_mixer_cpu
 
 
 def cuda_available() -> bool:
@@ -100,3 +104,29 @@ def mamba_inner(
     if backend == "cpu":
         return _cpu_ops()[0](*args, **kwargs)
     return mamba_inner_ref(*args, **kwargs)
+
+
+def mamba_mixer(
+    hidden_states: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor | None,
+    conv1d_weight: Tensor,
+    conv1d_bias: Tensor | None,
+    x_proj_weight: Tensor,
+    delta_proj_weight: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = True,
+    backend: str = "auto",
+) -> Tensor:
+    """The whole Mamba-1 mixer, (B, L, d_model) -> (B, L, d_model): mamba_inner(in_proj(h).transpose(1, 2), ...)."""
+    backend = resolve_backend(backend, hidden_states.device.type)
+    rest = (conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A)
+    kwargs = dict(D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    if backend == "cpu":
+        return _cpu_ops()[2](hidden_states, in_proj_weight, in_proj_bias, *rest, **kwargs)
+    xz = F.linear(hidden_states, in_proj_weight, in_proj_bias).transpose(1, 2)  # (B, 2D, L)
+    return mamba_inner(xz, *rest, **kwargs, backend=backend)

@@ -232,6 +232,53 @@ def test_bf16_backward_runs_and_is_close():
         _close(ours[k].grad, refs[k].grad, 1e-1, 5e-2)
 
 
+# ------------------------------------------------------------------------------------------------- whole mixer
+
+
+def _mixer_inputs(batch, d_model, length, dtype=torch.float32, in_bias=True):
+    x = _inner_inputs(batch, d_model, length, dtype=dtype)
+    g = torch.Generator().manual_seed(5)
+    xz = x.pop("xz")
+    hidden = torch.randn(batch, length, d_model, generator=g).to(dtype)
+    w_in = (torch.randn(xz.shape[1], d_model, generator=g) * 0.3).to(dtype)
+    b_in = (torch.randn(xz.shape[1], generator=g) * 0.3).to(dtype) if in_bias else None
+    return dict(hidden_states=hidden, in_proj_weight=w_in, in_proj_bias=b_in, **{
+        "conv1d_weight": x["conv1d_weight"], "conv1d_bias": x["conv1d_bias"], "x_proj_weight": x["x_proj_weight"],
+        "delta_proj_weight": x["delta_proj_weight"], "out_proj_weight": x["out_proj_weight"],
+        "out_proj_bias": x["out_proj_bias"], "A": x["A"], "D": x["D"], "delta_bias": x["delta_bias"],
+    })  # fmt: skip
+
+
+def _mixer_ref(hidden_states, in_proj_weight, in_proj_bias, **rest):
+    xz = torch.nn.functional.linear(hidden_states, in_proj_weight, in_proj_bias).transpose(1, 2)
+    return mamba_inner_ref(xz, **rest)
+
+
+@pytest.mark.parametrize("batch,length,in_bias", [(2, 61, True), (1, 5, False), (1, 24, True)])
+def test_mixer_tiled_in_proj_matches_reference(batch, length, in_bias):
+    x = _mixer_inputs(batch, 12, length, in_bias=in_bias)  # tiles of 24 rows: the conv history crosses tiles
+    with torch.no_grad():
+        out = cpu_kernel.mamba_mixer_cpu(**x)
+        _close(ops.mamba_mixer(**x, backend="torch"), _mixer_ref(**x), 1e-6, 1e-7)
+    _close(out, _mixer_ref(**x), 1e-5, 1e-6)
+    view = torch.randn(batch, length, 40)[..., 3:15]  # a strided view as input, as RCPS passes its halves
+    with torch.no_grad():
+        _close(cpu_kernel.mamba_mixer_cpu(**(x | {"hidden_states": view})), _mixer_ref(**(x | {"hidden_states": view})),
+               1e-5, 1e-6)  # fmt: skip
+
+
+def test_mixer_gradients_match_reference():
+    x = _mixer_inputs(2, 10, 30)
+    ours = {k: v.clone().requires_grad_() for k, v in x.items()}
+    refs = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out, ref = ops.mamba_mixer(**ours, backend="cpu"), _mixer_ref(**refs)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for k in x:
+        _close(ours[k].grad, refs[k].grad, 1e-4, 1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------- dispatch
 
 
