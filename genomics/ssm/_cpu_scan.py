@@ -4,7 +4,7 @@ Layout: time-major, channels contiguous. Every (B, L, .) array is indexed a[b, t
 half of the in_proj output (B, L, 2*D) and the B / C columns of x_proj's output (B, L, R + 2N) are read in place.
 
 Forward, per batch b and block of CB channels (one parallel job each):
-    delta_t = softplus(dt_t + bias)                         # (CB,)
+    delta_t = softplus(dt_t + bias)                         # (CB,); dt_t = x_dbl_t[:R] @ dt_proj.weight^T if fused
     h_t     = exp(delta_t A) * h_{t-1} + delta_t B_t u_t    # (N, CB): stays in L1, never (L, D, N) in memory
     y_t     = C_t . h_t + D u_t ;  out_t = y_t * silu(z_t)
 The innermost loops run over the CB channels, so LLVM vectorises them (one SIMD lane per channel); exp(delta A) is
