@@ -119,3 +119,11 @@ def test_demo_training_loss_falls(tmp_path, cache):
     log = pd.read_csv(next((tmp_path / "run" / "csv").rglob("metrics.csv")))
     losses = log["train/loss_epoch"].dropna().to_numpy()
     assert len(losses) == 6 and losses[-2:].mean() < losses[:2].mean()
+
+
+def test_wandb_logger_runs_offline_without_account(tmp_path, cache, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    overrides = ["logger=many", "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "test=false"]
+    cfg = compose_train(tmp_path, cache, overrides)  # fast_dev_run would swap loggers for a dummy
+    train(cfg)
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
