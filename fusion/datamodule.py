@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import lightning as L
+import nibabel as nib
 from torch.utils.data import DataLoader
 
-from fusion.cohort import load_cohort
+from fusion.cohort import CohortError, load_cohort
 from fusion.data import EpochSampler, PairedDataset
 
 SPLITS = ("train", "val", "test")
@@ -39,14 +40,31 @@ class AlignmentDataModule(L.LightningDataModule):
         super().__init__()
         self.cohort, self.report = load_cohort(manifest, vcf, reference, regions, atlas, atlas_coords, strict=strict)
         self.genomics_transform, self.brain_transform = genomics_transform, brain_transform
+        self._exclude_short_scans(strict)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         self.datasets = {split: self._dataset(split) for split in SPLITS}
         if len(self.datasets["train"]) < batch_size:
             raise ValueError(
                 f"{manifest}: {len(self.datasets['train'])} training subjects, fewer than batch_size={batch_size}; "
-                "lower data.batch_size or add subjects"
+                f"lower data.batch_size or add subjects\n{self.report.summary()}"
             )
+
+    def _exclude_short_scans(self, strict: bool) -> None:
+        """Scans with fewer volumes than the brain transform's window are excluded (and reported) before training."""
+        window = getattr(self.brain_transform, "window", None)
+        if not window:
+            return
+        subjects = self.cohort.subjects
+        frames = [nib.load(path).shape[3] for path in subjects["fmri"]]  # headers only
+        short = [n < window for n in frames]
+        for (sid, path), n, bad in zip(subjects[["subject_id", "fmri"]].itertuples(index=False), frames, short):
+            if bad:
+                self.report.excluded[sid] = f"{path}: {n} volumes, fewer than the brain encoder's window of {window}"
+        if any(short):
+            if strict:
+                raise CohortError(self.report.summary(), self.report)
+            self.cohort.subjects = subjects[[not b for b in short]].reset_index(drop=True)
 
     def _dataset(self, split: str) -> PairedDataset:
         rows = self.cohort.subjects[self.cohort.subjects["split"] == split]

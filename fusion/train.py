@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -29,12 +30,17 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
 
 def build(cfg: DictConfig):
     """Instantiate datamodule and LightningModule from a composed config (cohort paths must be resolved)."""
-    datamodule = instantiate(
-        cfg.data,
-        genomics_transform=instantiate(cfg.genomics.transform),
-        brain_transform=instantiate(cfg.brain.transform),
-        _recursive_=False,
-    )
+    try:
+        datamodule = instantiate(
+            cfg.data,
+            genomics_transform=instantiate(cfg.genomics.transform),
+            brain_transform=instantiate(cfg.brain.transform),
+            _recursive_=False,
+        )
+    except InstantiationException as err:  # a cohort problem: show the cohort's own message, not Hydra's wrapper
+        if isinstance(err.__cause__, (ValueError, OSError)):
+            raise err.__cause__ from None
+        raise
     with open_dict(cfg):
         cfg.data.n_regions = datamodule.cohort.n_regions
         cfg.data.n_parcels = datamodule.cohort.n_parcels

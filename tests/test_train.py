@@ -127,3 +127,9 @@ def test_wandb_logger_runs_offline_without_account(tmp_path, cache, monkeypatch)
     cfg = compose_train(tmp_path, cache, overrides)  # fast_dev_run would swap loggers for a dummy
     train(cfg)
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+
+
+def test_scans_shorter_than_the_window_are_reported_before_training(tmp_path, cache):
+    cfg = compose_train(tmp_path, cache, ["brain=brainlm_mae_tiny", "brain.transform.window=120"])
+    with pytest.raises(ValueError, match="100 volumes, fewer than the brain encoder's window of 120"):
+        train(cfg)
