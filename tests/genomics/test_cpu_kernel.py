@@ -292,6 +292,33 @@ def test_ops_auto_uses_cpu_kernel_on_cpu():
         _close(ops.selective_scan(**s, delta_softplus=True), selective_scan_ref(**s, delta_softplus=True), 1e-5, 1e-6)
 
 
+def _fork_child(queue, args, expected):
+    torch.set_num_threads(1)  # as DataLoader workers do: torch's own OpenMP pool does not survive a fork
+    with torch.no_grad():
+        queue.put((cpu_kernel.mamba_inner_cpu(**args) - expected).abs().max().item())
+
+
+def test_kernels_run_in_a_forked_child():
+    import multiprocessing
+
+    import numba
+
+    x = _inner_inputs(1, 8, 40)
+    with torch.no_grad():
+        expected = cpu_kernel.mamba_inner_cpu(**x)  # the parent's numba pool is up
+    if numba.threading_layer() != "workqueue":
+        pytest.skip("only the workqueue layer is known to be fork-safe here")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fork_child, args=(queue, x, expected))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == 0.0
+    finally:
+        child.kill()
+        child.join()
+
+
 def test_threads_follow_torch():
     n = torch.get_num_threads()
     try:
