@@ -92,11 +92,12 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        """(B, L, d_model) -> (B, L, d_model)."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2*D_in, L), channels first as mamba_ssm expects
+        """(B, L, d_model) -> (B, L, d_model); the CPU kernel fuses in_proj too, so (L, 2*D_in) is never held whole."""
         A = -torch.exp(self.A_log.float())  # (D_in, N)
-        return ops.mamba_inner(
-            xz,
+        return ops.mamba_mixer(
+            hidden_states,
+            self.in_proj.weight,
+            self.in_proj.bias,
             self.conv1d.weight,
             self.conv1d.bias,
             self.x_proj.weight,
