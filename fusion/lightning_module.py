@@ -69,7 +69,7 @@ class AlignmentModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         z = self.net(batch["genomics"], batch["brain"])
         loss = self.loss(z["genomics"], z["brain"], self.net.logit_scale())
-        self.log("train/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["index"]))
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=len(batch["index"]))
         self.log("train/logit_scale", self.net.logit_scale(), batch_size=len(batch["index"]))
         return loss
 
@@ -84,7 +84,7 @@ class AlignmentModule(L.LightningModule):
 
     def _eval_epoch_end(self, metrics: RetrievalMetrics, stage: str):
         values = metrics.compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)  # equal on all ranks
         metrics.reset()
 
     def validation_step(self, batch, batch_idx):

@@ -133,3 +133,13 @@ def test_scans_shorter_than_the_window_are_reported_before_training(tmp_path, ca
     cfg = compose_train(tmp_path, cache, ["brain=brainlm_mae_tiny", "brain.transform.window=120"])
     with pytest.raises(ValueError, match="100 volumes, fewer than the brain encoder's window of 120"):
         train(cfg)
+
+
+@pytest.mark.slow
+def test_ddp_spawn_on_two_cpu_processes(tmp_path, cache):
+    """DDP code path on CPU: gathered loss, metrics synced over ranks, each test subject counted once."""
+    cfg = compose_train(tmp_path, cache, ["trainer=ddp_cpu", "trainer.max_epochs=1"])
+    metrics, objs = train(cfg)
+    assert objs["trainer"].world_size == 2
+    assert metrics["test/n"] == objs["datamodule"].split_sizes()["test"]
+    assert np.isfinite(metrics["train/loss"]) and 0 <= metrics["test/g2b/R@1"] <= 1
