@@ -103,6 +103,21 @@ def test_vectorised_math_accuracy(fn_id, ref, tol):
     assert np.max(np.abs(out[m] - r[m]) / r[m]) < tol
 
 
+
+def _assert_same_gradients(ours_fn, ref_fn, x, rtol=1e-4, atol=1e-5):
+    """Run both functions on fresh leaf copies of x, back-propagate one cotangent, compare every input's gradient."""
+    ours = {k: v.clone().requires_grad_() for k, v in x.items()}
+    refs = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out, ref = ours_fn(**ours), ref_fn(**refs)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for k in x:
+        assert ours[k].grad.shape == refs[k].grad.shape, k
+        _close(ours[k].grad, refs[k].grad, rtol, atol)
+    return out, ref
+
+
 # ------------------------------------------------------------------------------------------------- selective scan
 
 
@@ -122,16 +137,12 @@ def test_scan_forward_matches_reference(batch, d_inner, d_state, length, with_ex
 
 def test_scan_gradients_match_reference():
     x = _scan_inputs(2, 37, 16, 43)
-    ours = {k: v.clone().requires_grad_() for k, v in x.items()}
-    refs = {k: v.clone().requires_grad_() for k, v in x.items()}
-    out = cpu_kernel.selective_scan_cpu(**ours, delta_softplus=True)
-    ref = selective_scan_ref(**refs, delta_softplus=True)
-    _close(out, ref.detach(), 1e-5, 1e-6)
-    g = torch.randn_like(ref)
-    out.backward(g)
-    ref.backward(g)
-    for k in x:
-        _close(ours[k].grad, refs[k].grad, 1e-4, 1e-5)
+    out, ref = _assert_same_gradients(
+        lambda **a: cpu_kernel.selective_scan_cpu(**a, delta_softplus=True),
+        lambda **a: selective_scan_ref(**a, delta_softplus=True),
+        x,
+    )
+    _close(out.detach(), ref.detach(), 1e-5, 1e-6)
 
 
 def test_scan_gradcheck_float64():
@@ -169,16 +180,7 @@ def test_inner_reads_time_major_and_channels_major_xz():
 
 def test_inner_gradients_match_reference():
     x = _inner_inputs(2, 20, 45)
-    ours = {k: v.clone().requires_grad_() for k, v in x.items()}
-    refs = {k: v.clone().requires_grad_() for k, v in x.items()}
-    out = cpu_kernel.mamba_inner_cpu(**ours)
-    ref = mamba_inner_ref(**refs)
-    g = torch.randn_like(ref)
-    out.backward(g)
-    ref.backward(g)
-    for k in x:
-        assert ours[k].grad.shape == refs[k].grad.shape, k
-        _close(ours[k].grad, refs[k].grad, 1e-4, 1e-5)
+    _assert_same_gradients(cpu_kernel.mamba_inner_cpu, mamba_inner_ref, x)
 
 
 def test_inner_gradcheck_float64():
@@ -269,14 +271,7 @@ def test_mixer_tiled_in_proj_matches_reference(batch, length, in_bias):
 
 def test_mixer_gradients_match_reference():
     x = _mixer_inputs(2, 10, 30)
-    ours = {k: v.clone().requires_grad_() for k, v in x.items()}
-    refs = {k: v.clone().requires_grad_() for k, v in x.items()}
-    out, ref = ops.mamba_mixer(**ours, backend="cpu"), _mixer_ref(**refs)
-    g = torch.randn_like(ref)
-    out.backward(g)
-    ref.backward(g)
-    for k in x:
-        _close(ours[k].grad, refs[k].grad, 1e-4, 1e-5)
+    _assert_same_gradients(lambda **a: ops.mamba_mixer(**a, backend="cpu"), _mixer_ref, x)
 
 
 # ---------------------------------------------------------------------------------------------------- dispatch
