@@ -1,5 +1,6 @@
 """fusion: contrastive alignment of genomics and brain encoders into a shared 512-D space.
 
-Library modules (encoders, heads, losses, metrics, data) import no Lightning or Hydra; the application modules
-(`lightning_module`, `datamodule`, `train`, `export`, `demo_cohort`) sit thin on top.
+Library (no Lightning, no Hydra): `cohort` (+ `cohort_checks`), `data`, `encoders`, `heads`, `losses`, `metrics`,
+`model`, `distributed`, `demo/` (the demo cohort generator). Application: `app/` (Lightning + Hydra) and the entry
+points `train`, `export`, `demo_cohort` that sit thin on top of it.
 """

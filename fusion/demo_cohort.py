@@ -12,10 +12,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from fusion.demo.cohort import generate_demo_cohort
+from fusion.app import CONFIG_DIR
+from fusion.demo.generator import generate_demo_cohort
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="demo_cohort")

@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fusion.app import CONFIG_DIR
+from fusion.app.build import build
 from fusion.model import fuse
-from fusion.train import CONFIG_DIR, build
 
 log = logging.getLogger(__name__)
 

@@ -13,39 +13,14 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from fusion.cohort_config import resolve_cohort
+from fusion.app import CONFIG_DIR
+from fusion.app.build import build, format_retrieval, instantiate_dict
+from fusion.app.cohort_source import resolve_cohort
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-
-def instantiate_dict(cfg: DictConfig | None) -> list:
-    """Callbacks / loggers: every entry of the group that has a _target_."""
-    return [instantiate(c) for c in (cfg or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
-
-
-def build(cfg: DictConfig):
-    """Instantiate datamodule and LightningModule from a composed config (cohort paths must be resolved)."""
-    try:
-        datamodule = instantiate(
-            cfg.data,
-            genomics_transform=instantiate(cfg.genomics.transform),
-            brain_transform=instantiate(cfg.brain.transform),
-            _recursive_=False,
-        )
-    except InstantiationException as err:  # a cohort problem: show the cohort's own message, not Hydra's wrapper
-        if isinstance(err.__cause__, (ValueError, OSError)):
-            raise err.__cause__ from None
-        raise
-    with open_dict(cfg):
-        cfg.data.n_regions = datamodule.cohort.n_regions
-        cfg.data.n_parcels = datamodule.cohort.n_parcels
-    model = instantiate(cfg.model)
-    return datamodule, model
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -74,15 +49,6 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         log.info("test retrieval: %s", format_retrieval(test, datamodule.split_sizes()["test"]))
         print(format_retrieval(test, datamodule.split_sizes()["test"]))
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
-
-
-def format_retrieval(metrics: dict, n: int) -> str:
-    lines = [f"test retrieval on {n} held-out subjects (chance R@1 = {1 / max(n, 1):.3f}):"]
-    for direction in ("g2b", "b2g"):
-        keys = ("R@1", "R@5", "R@10", "mean_rank", "median_rank")
-        vals = "  ".join(f"{k}={metrics.get(f'test/{direction}/{k}', float('nan')):.3f}" for k in keys)
-        lines.append(f"  {'genome->brain' if direction == 'g2b' else 'brain->genome'}: {vals}")
-    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -4,6 +4,6 @@ Library (no Hydra): `genome` (FASTA, BED, VCF), `brain` (atlas, BOLD), `link` (t
 (`generate_demo_cohort(out_dir, **params) -> paths`). The Hydra entry is `python -m fusion.demo_cohort`.
 """
 
-from fusion.demo.cohort import DEFAULTS, generate_demo_cohort
+from fusion.demo.generator import DEFAULTS, generate_demo_cohort
 
 __all__ = ["DEFAULTS", "generate_demo_cohort"]

@@ -7,7 +7,7 @@ from fusion.encoders import check_encoder
 from genomics.alphabet import PAD_ID
 from genomics.caduceus import Caduceus, CaduceusConfig, reverse_complement_ids
 from genomics.caduceus.embedding import CaduceusEmbedder, CaduceusProjector, pool_strands
-from genomics.caduceus.encoder import CaduceusGenomicsEncoder
+from genomics.models.caduceus import CaduceusGenomicsEncoder
 
 TINY = dict(d_model=8, n_layer=2, ssm_backend="torch")
 

@@ -290,7 +290,8 @@ def test_ops_auto_uses_cpu_kernel_on_cpu():
 def _fork_child(queue, args, expected):
     torch.set_num_threads(1)  # as DataLoader workers do: torch's own OpenMP pool does not survive a fork
     with torch.no_grad():
-        queue.put((cpu_kernel.mamba_inner_cpu(**args) - expected).abs().max().item())
+        out = cpu_kernel.mamba_inner_cpu(**args)
+    queue.put(((out - expected).abs().max() / expected.abs().max()).item())
 
 
 def test_kernels_run_in_a_forked_child():
@@ -308,7 +309,8 @@ def test_kernels_run_in_a_forked_child():
     child = ctx.Process(target=_fork_child, args=(queue, x, expected))
     child.start()
     try:
-        assert queue.get(timeout=60) == 0.0
+        # the child's torch runs 1 thread, the parent's N: matmuls may round differently (3e-8 seen on AMD EPYC)
+        assert queue.get(timeout=60) <= 1e-6
     finally:
         child.kill()
         child.join()

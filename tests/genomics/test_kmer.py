@@ -1,7 +1,7 @@
 import torch
 
 from genomics.alphabet import encode
-from genomics.kmer import KmerSpectrum
+from genomics.models.kmer import KmerSpectrum
 
 
 def ids_of(*haplotypes_per_region):

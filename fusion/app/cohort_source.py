@@ -26,7 +26,7 @@ def resolve_cohort(cfg: DictConfig) -> None:
     """Fill cfg.data's file keys (in place). Users' cohorts must name every file; the demo fills them all."""
     data = cfg.data
     if data.manifest is None:
-        from fusion.demo.cohort import demo_params, generate_demo_cohort
+        from fusion.demo.generator import demo_params, generate_demo_cohort
 
         params = demo_params(**OmegaConf.to_container(cfg.demo, resolve=True))
         out = demo_cohort_dir(cfg.paths.cache_dir, params)

@@ -1,6 +1,6 @@
 """CaduceusGenomicsEncoder: one vector per subject from the Caduceus embeddings of its regions and haplotypes.
 
-References: fusion/encoders.py (the encoder interface); genomics/kmer.py (the baseline this replaces, same input);
+References: fusion/encoders.py (the encoder interface); genomics/models/kmer.py (the baseline this replaces, same input);
 genomics/caduceus/embedding.py (strand layout and pooling).
 
 Input: ids (B, R, H, L), R regions x H haplotypes (2) x L token ids, left-padded with [PAD]. Pooling rule:

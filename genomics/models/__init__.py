@@ -1,0 +1,11 @@
+"""Genomics encoders behind the genobrain encoder interface (see fusion/encoders.py): token ids (B, R, H, L) -> (B, d).
+
+    KmerSpectrum             canonical k-mer spectrum of each region's haplotypes (baseline, no parameters)
+    CaduceusGenomicsEncoder  Caduceus (genomics/caduceus) sequence embeddings pooled over strands, haplotypes, regions
+Each exposes `output_dim`; the DNA language models themselves live in their own packages (genomics/caduceus).
+"""
+
+from genomics.models.caduceus import CaduceusGenomicsEncoder
+from genomics.models.kmer import KmerSpectrum
+
+__all__ = ["CaduceusGenomicsEncoder", "KmerSpectrum"]
