@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from transformers import NystromformerConfig
 from transformers.models.nystromformer.modeling_nystromformer import NystromformerLayer
 
-from brain.models.common import WindowAveragingEncoder, load_strict, load_tensors
+from brain.models.common import WindowAveragingEncoder
 from brain.preprocess import read_atlas_coords
+from genomics.checkpoints import load_strict, read_hf_weights, write_hf_weights
 
 
 @dataclass
@@ -243,13 +244,7 @@ class BrainLMForPretraining(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         cfg = {"architectures": ["BrainLMForPretraining"], "model_type": "brainlm_mae", **asdict(self.config)}
         (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-        state = {k: v.contiguous() for k, v in self.state_dict().items()}
-        if safe_serialization:
-            from safetensors.torch import save_file
-
-            save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        else:
-            torch.save(state, folder / "pytorch_model.bin")
+        write_hf_weights(self.state_dict(), folder, safe=safe_serialization)
 
 
 def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
@@ -257,18 +252,7 @@ def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
-    config = json.loads((folder / "config.json").read_text())
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).exists():
-            return config, load_tensors(folder / name)
-        index = folder / f"{name}.index.json"
-        if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            state: dict[str, Tensor] = {}
-            for shard in shards:
-                state.update(load_tensors(folder / shard))
-            return config, state
-    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin (or sharded index) found")
+    return json.loads((folder / "config.json").read_text()), read_hf_weights(folder)
 
 
 class BrainLMMAEEncoder(WindowAveragingEncoder):

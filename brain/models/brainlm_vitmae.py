@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
 from brain.models.brainlm_mae import read_hf_folder
-from brain.models.common import WindowAveragingEncoder, load_strict
+from brain.models.common import WindowAveragingEncoder
 from brain.preprocess import read_atlas_coords
+from genomics.checkpoints import load_strict, write_hf_weights
 
 MAX_VAL_TO_SCALE = 5.6430855  # upstream's divisor of the robust-scaled signal
 
@@ -141,14 +142,8 @@ def save_pretrained(
     cfg = backbone.config.to_dict()
     cfg["architectures"] = ["ViTMAEForPreTraining"]
     (folder / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
-    state = to_transformers4_names(state) if transformers4_names else state
-    if safe:
-        from safetensors.torch import save_file
-
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        torch.save(state, folder / "pytorch_model.bin")
+    state = backbone.state_dict()
+    write_hf_weights(to_transformers4_names(state) if transformers4_names else state, folder, safe=safe)
 
 
 class BrainLMViTMAEEncoder(WindowAveragingEncoder):

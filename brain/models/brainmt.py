@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from brain.models.common import WindowAveragingEncoder, load_strict, strip_prefix, torch_load
-from brain.models.swift import DropPath
+from brain.models.common import WindowAveragingEncoder
+from brain.models.layers import Attention, DropPath
+from genomics.checkpoints import load_strict, strip_prefix, torch_load
+from genomics.ssm.block import MambaBlock
 from genomics.ssm.mamba import Mamba
 
 
@@ -45,6 +48,11 @@ def stem_grid(size: Sequence[int]) -> tuple[int, int, int]:
 
 
 class PatchEmbed(nn.Module):
+    """Upstream's frame stem: Conv3d k3 s2 -> ReLU -> Conv3d k3 s2 -> ReLU (`proj` is an unused identity).
+
+    Upstream's name, but not SwiFT's PatchEmbed (one Linear `fc` over flattened 4D patches): other network, other keys.
+    """
+
     def __init__(self, in_chans: int = 1, in_dim: int = 64, dim: int = 128):
         super().__init__()
         self.proj = nn.Identity()
@@ -84,39 +92,14 @@ class Downsample(nn.Module):
         return self.reduction(x)
 
 
-class MambaBlock(nn.Module):
-    """Upstream `Block` (add -> RMSNorm -> mixer, residual carried in fp32): returns (hidden, residual)."""
-
-    def __init__(self, dim: int, ssm_cfg: dict, eps: float, drop_path: float, layer_idx: int):
-        super().__init__()
-        self.mixer = Mamba(dim, layer_idx=layer_idx, **ssm_cfg)
-        self.norm = nn.RMSNorm(dim, eps=eps)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, h: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
-        residual = h.float() if residual is None else residual + self.drop_path(h).float()
-        return self.mixer(self.norm(residual.to(self.norm.weight.dtype))), residual
-
-
-class Attention(nn.Module):
-    def __init__(
-        self, dim: int, num_heads: int = 2, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
-    ):
-        super().__init__()
-        self.num_heads, self.attn_drop = num_heads, attn_drop
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, C)
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+def mamba_block(dim: int, ssm_cfg: dict, eps: float, drop_path: float, layer_idx: int) -> MambaBlock:
+    """Upstream `Block` (Vim's: drop path -> add -> RMSNorm -> Mamba, residual carried in fp32)."""
+    mixer = partial(Mamba, layer_idx=layer_idx, **ssm_cfg)
+    return MambaBlock(dim, mixer, partial(nn.RMSNorm, eps=eps), residual_in_fp32=True, drop_path=DropPath(drop_path))
 
 
 class Mlp(nn.Module):
-    """timm Mlp names: fc1 -> GELU -> dropout -> fc2 -> dropout."""
+    """timm Mlp names: fc1 -> GELU -> dropout -> fc2 -> dropout (SwiFT's MLPBlock, with other key names)."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
@@ -169,7 +152,7 @@ class BrainMT(nn.Module):
         inter_dpr = [0.0] + dpr
         self.drop_path = DropPath(drop_path_rate)
         self.layers = nn.ModuleList(
-            [MambaBlock(embed_dim, dict(ssm_cfg or {}), norm_epsilon, inter_dpr[i], i) for i in range(depth[0])]
+            [mamba_block(embed_dim, dict(ssm_cfg or {}), norm_epsilon, inter_dpr[i], i) for i in range(depth[0])]
         )
         self.drop_path_attn = nn.ModuleList([DropPath(dpr[i]) for i in range(depth[0], sum(depth))])
         self.blocks = nn.ModuleList(

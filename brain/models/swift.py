@@ -26,23 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from brain.models.common import WindowAveragingEncoder, load_strict, strip_prefix, torch_load
+from brain.models.common import WindowAveragingEncoder
+from brain.models.layers import Attention, DropPath
+from genomics.checkpoints import load_strict, strip_prefix, torch_load
 
 log = logging.getLogger(__name__)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (Huang et al. 2016)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
 
 
 def window_partition(x: Tensor, ws: Sequence[int]) -> Tensor:
@@ -81,7 +69,10 @@ def shifted_window_mask(dims: Sequence[int], ws: Sequence[int], ss: Sequence[int
 
 class PatchEmbed(nn.Module):
     """Non-overlapping 4D patches, flattened in (sH, sW, sD, sT, C) order and projected:
-    (B, C, X, Y, Z, T) -> (B, E, d, h, w, T)."""
+    (B, C, X, Y, Z, T) -> (B, E, d, h, w, T).
+
+    Upstream's name, but not BrainMT's PatchEmbed (a convolution stem with other keys): one Linear `fc` over patches.
+    """
 
     def __init__(self, img_size: Sequence[int], patch_size: Sequence[int], in_chans: int, embed_dim: int):
         super().__init__()
@@ -117,28 +108,11 @@ class PositionalEmbedding(nn.Module):
         return x + self.pos_embed + self.time_embed[..., : x.shape[-1]]
 
 
-class WindowAttention4D(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
-        super().__init__()
-        self.num_heads, self.attn_drop = num_heads, attn_drop
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:  # (B*nW, N, C), mask (nW, N, N)
-        bw, n, c = x.shape
-        q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = None
-        if mask is not None:
-            nw = mask.shape[0]
-            bias = mask.to(q.dtype)[None, :, None].expand(bw // nw, -1, -1, -1, -1).reshape(bw, 1, n, n)
-        drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)  # (B*nW, heads, N, C/heads)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(bw, n, c)))
-
-
 class MLPBlock(nn.Module):
-    """MONAI MLPBlock names: linear1 -> GELU -> dropout -> linear2 -> dropout (the same dropout, "swin" mode)."""
+    """MONAI MLPBlock names: linear1 -> GELU -> dropout -> linear2 -> dropout (the same dropout, "swin" mode).
+
+    Same math as BrainMT's Mlp, kept apart for the upstream key names (linear1/linear2 here, fc1/fc2 there).
+    """
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
@@ -165,7 +139,7 @@ class SwinTransformerBlock4D(nn.Module):
         super().__init__()
         self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention4D(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)  # upstream WindowAttention4D
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), drop)

@@ -1,5 +1,7 @@
 """Caduceus blocks: pre-norm residual blocks around a BiMambaWrapper, plain (Caduceus-Ph) and RCPS (Caduceus-PS).
 
+The plain block is genomics.ssm.block.MambaBlock (shared with BrainMT); the RCPS block is defined here.
+
 References: state-spaces/mamba `mamba_ssm/modules/block.py` (Add -> Norm -> Mixer ordering, RMSNorm);
 kuleshov-group/caduceus `caduceus/modeling_rcps.py` (`RCPSMambaBlock`) and `modeling_caduceus.py` (`create_block`).
 
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from genomics.caduceus.bimamba import BiMambaWrapper
 from genomics.caduceus.rcps import RCPSAddNormWrapper, RCPSWrapper, rcps_add_norm, swap_halves
+from genomics.ssm.block import MambaBlock
 
 
 class RMSNorm(nn.Module):
@@ -39,23 +42,6 @@ class RMSNorm(nn.Module):
         xf = x.float()  # (..., D)
         out = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight.float()
         return out.to(x.dtype)  # (..., D)
-
-
-class MambaBlock(nn.Module):
-    """Caduceus-Ph block (mamba_ssm's Block without MLP): (B, L, D) hidden and residual in and out."""
-
-    def __init__(self, d_model: int, mixer_cls, norm_cls, residual_in_fp32: bool = False):
-        super().__init__()
-        self.residual_in_fp32 = residual_in_fp32
-        self.norm = norm_cls(d_model)
-        self.mixer = mixer_cls(d_model)
-
-    def forward(self, hidden_states: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        residual = hidden_states if residual is None else hidden_states + residual  # (B, L, D)
-        if self.residual_in_fp32:
-            residual = residual.float()
-        hidden_states = self.norm(residual.to(self.norm.weight.dtype))  # (B, L, D)
-        return self.mixer(hidden_states), residual  # (B, L, D) each
 
 
 class RCPSMambaBlock(nn.Module):
@@ -99,4 +85,4 @@ def create_block(config) -> nn.Module:
         return RCPSMambaBlock(
             config.d_model, mixer_cls, norm_class(config), config.fused_add_norm, config.residual_in_fp32
         )
-    return MambaBlock(config.d_model, mixer_cls, norm_class(config), config.residual_in_fp32)
+    return MambaBlock(config.d_model, mixer_cls, norm_class(config), config.residual_in_fp32)  # Caduceus-Ph

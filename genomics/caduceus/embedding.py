@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from genomics.alphabet import PAD_ID
+from genomics.alphabet import PAD_ID, complement_table
 from genomics.caduceus.rcps import stack_strands
 from genomics.caduceus.tokenizer import reverse_complement_ids
 
@@ -32,11 +32,9 @@ class CaduceusEmbedder(nn.Module):
         self.rcps = backbone.config.rcps
         self.conjoin = conjoin
         self.d_model = backbone.config.d_model
-        self.register_buffer("complement", _table(backbone.config.complement_map), persistent=False)  # (V,)
-
-    @property
-    def stacks_strands(self) -> bool:
-        return self.rcps or self.conjoin
+        self.register_buffer(
+            "complement", complement_table(complement_map=backbone.config.complement_map), persistent=False
+        )  # (V,)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         h = self.backbone(input_ids, return_dict=True).last_hidden_state  # (B, L, D) or (B, L, 2D)
@@ -47,10 +45,6 @@ class CaduceusEmbedder(nn.Module):
         rc_ids = reverse_complement_ids(input_ids, self.complement)  # (B, L)
         h_rc = self.backbone(rc_ids, return_dict=True).last_hidden_state  # (B, L, D), RC order
         return torch.stack([h, h_rc], dim=-1)  # (B, L, D, 2)
-
-
-def _table(complement_map: dict) -> Tensor:
-    return torch.tensor([int(complement_map[i]) for i in range(len(complement_map))], dtype=torch.long)
 
 
 def masked_mean(h: Tensor, mask: Tensor) -> Tensor:

@@ -3,13 +3,15 @@
 References: the published kuleshov-group/caduceus-* model folders (config.json + model.safetensors); transformers'
 save_pretrained convention of storing a tied parameter once, under its first name in state_dict() order.
 
-Layout: config.json (CaduceusConfig) and model.safetensors (or pytorch_model.bin, read with weights_only=True).
+Layout: config.json (CaduceusConfig) and model.safetensors (or pytorch_model.bin, read with weights_only=True, or
+their sharded form); files are read and written by genomics.checkpoints.
 Keys of CaduceusForMaskedLM carry the `caduceus.` prefix (caduceus.backbone.*, lm_head.*); AutoModel/backbone
 checkpoints do not. Tied aliases (mamba_rev.in_proj/out_proj, the LM head weight) are absent from the published files
 and are re-tied after loading; when present they must equal their source. `complement_map` buffers are derived from
 the config when absent. Loading a checkpoint into another head class drops the other head's keys (lm_head.* into a
 classifier) and leaves the new head initialised (score.*), both logged. Anything else missing, unexpected or of the
-wrong shape raises CheckpointMismatchError naming the keys. Remote code (auto_map) is never executed.
+wrong shape raises CheckpointMismatchError (genomics.checkpoints, re-exported here) naming the keys. Remote code
+(auto_map) is never executed.
 """
 
 from __future__ import annotations
@@ -19,28 +21,15 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from genomics.checkpoints import CheckpointMismatchError, check_state_dict, read_hf_weights, write_hf_weights
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME, SAFE_WEIGHTS_NAME, PT_WEIGHTS_NAME = "config.json", "model.safetensors", "pytorch_model.bin"
+CONFIG_NAME = "config.json"
 PREFIX = "caduceus."
 HEADS = ("lm_head", "score")  # top-level head modules of the Caduceus classes
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's keys or shapes do not fit the model."""
-
-
-def read_state_dict(folder: str | Path) -> dict[str, Tensor]:
-    """model.safetensors, else pytorch_model.bin (weights_only), from a local folder."""
-    folder = Path(folder)
-    if (folder / SAFE_WEIGHTS_NAME).is_file():
-        return load_file(folder / SAFE_WEIGHTS_NAME, device="cpu")
-    if (folder / PT_WEIGHTS_NAME).is_file():
-        return torch.load(folder / PT_WEIGHTS_NAME, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no {SAFE_WEIGHTS_NAME} or {PT_WEIGHTS_NAME} in {folder} (sharded files unsupported)")
 
 
 def tied_aliases(model: nn.Module) -> dict[str, str]:
@@ -52,11 +41,6 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
         else:
             first[id(tensor)] = name
     return aliases
-
-
-def _names(keys, limit: int = 20) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def adapt_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -79,7 +63,7 @@ def adapt_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[st
     own_heads = {k.split(".")[0] for k in expected if k.split(".")[0] in HEADS}
     foreign |= {k for k in sd if k.split(".")[0] in HEADS and k.split(".")[0] not in own_heads}
     if foreign:
-        log.info("ignoring the keys of another Caduceus head: %s", _names(foreign))
+        log.info("ignoring the keys of another Caduceus head: %s", ", ".join(sorted(foreign)))
     for key in foreign:
         sd.pop(key, None)
     for alias, source in aliases.items():  # tied aliases: optional, equal to their source when present
@@ -91,25 +75,13 @@ def adapt_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[st
         elif sd[source].shape != value.shape or not torch.equal(sd[source], value):
             raise CheckpointMismatchError(f"tied parameters differ in the checkpoint: {alias} != {source}")
 
-    canonical = [k for k in expected if k not in aliases]
+    canonical = {k: v for k, v in expected.items() if k not in aliases}
     ckpt_heads = {k.split(".")[0] for k in sd if k.split(".")[0] in HEADS}
     new_head = {k for k in canonical if k.split(".")[0] in own_heads - ckpt_heads}
     derived = {k for k in canonical if k.endswith("complement_map")}
-    missing = set(canonical) - sd.keys() - new_head - derived
-    unexpected = sd.keys() - set(canonical)
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"checkpoint does not match {type(model).__name__}"
-            + (f"; missing keys: {_names(missing)}" if missing else "")
-            + (f"; unexpected keys: {_names(unexpected)}" if unexpected else "")
-        )
-    shapes = [
-        f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in sd.items() if v.shape != expected[k].shape
-    ]
-    if shapes:
-        raise CheckpointMismatchError("shape mismatch: " + "; ".join(shapes))
+    check_state_dict(canonical, sd, "checkpoint", type(model).__name__, optional=new_head | derived)
     if new_head:
-        log.warning("newly initialised (not in the checkpoint): %s", _names(new_head))
+        log.warning("newly initialised (not in the checkpoint): %s", ", ".join(sorted(new_head)))
     return sd
 
 
@@ -143,7 +115,7 @@ def load_pretrained(cls, folder, *args, config=None, device=None, dtype=None, to
             raise TypeError(f"{cls.__name__}.from_pretrained got an unknown argument {key!r}")
         setattr(config, key, value)
     model = cls(config, *args, **init_kwargs)
-    load_state_dict_into(model, read_state_dict(folder))
+    load_state_dict_into(model, read_hf_weights(folder))
     if device is not None or (dtype or torch_dtype) is not None:
         model.to(device=device, dtype=dtype or torch_dtype)
     return model.eval()
@@ -156,5 +128,4 @@ def save_pretrained(model, folder: str | Path) -> None:
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(folder)
     aliases = tied_aliases(model)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in aliases}
-    save_file(tensors, folder / SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
+    write_hf_weights({k: v for k, v in model.state_dict().items() if k not in aliases}, folder)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from genomics.caduceus.tokenizer import complement_table
+from genomics.alphabet import complement_table
 
 
 def rc_channels(x: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """CaduceusTokenizer: the character tokenizer shipped with the published Caduceus checkpoints, plus strand utilities.
 
 References: kuleshov-group/caduceus `caduceus/tokenization_caduceus.py` (ids, upper-casing, [SEP]-only specials,
-left padding); ids and complement map come from genomics.alphabet.
+left padding); ids, complement map and the string reverse_complement come from genomics.alphabet.
 
 Behaviour (same as the published tokenizer unless noted):
 - ids [CLS]=0 [SEP]=1 [BOS]=2 [MASK]=3 [PAD]=4 [RESERVED]=5 [UNK]=6 A=7 C=8 G=9 T=10 N=11; `len(tok) == 12`.
@@ -15,24 +15,11 @@ Behaviour (same as the published tokenizer unless noted):
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizer
 
-from genomics.alphabet import COMPLEMENT_MAP, NUCLEOTIDES, PAD_ID, SPECIAL_TOKENS, UNK_ID
-
-_DNA_COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
-
-
-def reverse_complement(seq: str) -> str:
-    """Reverse complement of a DNA string; case is kept, characters other than ACGTN (any case) are only reversed."""
-    return seq.translate(_DNA_COMPLEMENT)[::-1]
-
-
-def complement_table(vocab_size: int = 16, complement_map: dict | None = None) -> Tensor:
-    """complement_map as a LongTensor lookup table (vocab_size,)."""
-    cmap = complement_map if complement_map is not None else COMPLEMENT_MAP
-    return torch.tensor([int(cmap.get(i, i)) for i in range(vocab_size)], dtype=torch.long)
+from genomics.alphabet import COMPLEMENT_MAP, NUCLEOTIDES, PAD_ID, SPECIAL_TOKENS, UNK_ID, complement_table
+from genomics.alphabet import reverse_complement as reverse_complement  # re-exported (genomics.caduceus)
 
 
 def reverse_complement_ids(ids: Tensor, complement_map: Tensor | dict | None = None) -> Tensor:
@@ -40,10 +27,7 @@ def reverse_complement_ids(ids: Tensor, complement_map: Tensor | dict | None = N
 
     Left padding becomes right padding; callers that need left-padded input re-pad (the Caduceus models do not).
     """
-    if isinstance(complement_map, Tensor):
-        table = complement_map
-    else:
-        table = complement_table(len(complement_map) if complement_map else 16, complement_map)
+    table = complement_map if isinstance(complement_map, Tensor) else complement_table(complement_map=complement_map)
     return table.to(ids.device)[ids.flip(-1)]  # (..., L)
 
 

@@ -1,5 +1,6 @@
 """Loading and saving Caduceus checkpoints in the published layout, from local folders only."""
 
+import hashlib
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from genomics.caduceus import (
     CheckpointMismatchError,
 )
 from genomics.caduceus.loading import tied_aliases
+from genomics.checkpoints import sha256_file
 
 
 def tiny(rcps=True, **kw) -> CaduceusConfig:
@@ -80,6 +82,23 @@ def test_reads_pytorch_model_bin_with_weights_only(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     assert same_weights(CaduceusForMaskedLM.from_pretrained(tmp_path), model)
+
+
+def test_sharded_safetensors_folder_and_file_hash(tmp_path):
+    model = random_model()
+    model.save_pretrained(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    keys = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, part in shards.items():
+        save_file({k: sd[k] for k in part}, tmp_path / name)
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert same_weights(CaduceusForMaskedLM.from_pretrained(tmp_path), model)
+    path = tmp_path / "model-00001-of-00002.safetensors"
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path, chunk_size=7) == sha256_file(path)  # streamed in chunks
 
 
 def test_missing_unexpected_and_shape_mismatch_name_the_keys(tmp_path):
