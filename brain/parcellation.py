@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from brain.windows import window_starts
+from brain.windows import cut_windows
 
 
 def load_bold(path: str | Path, *, min_frames: int = 2) -> nib.Nifti1Image:
@@ -41,7 +41,8 @@ class ParcelTimeSeries:
 
     def __init__(
         self,
-        atlas: str | Path,
+        atlas: str | Path | nib.Nifti1Image,  # label image (path or image held in memory), 0 = background
+        labels: np.ndarray | None = None,  # its sorted non-zero labels when already known (the cohort's); else read
         window: int | None = None,  # frames per window (None: the whole scan, W = 1)
         n_eval_windows: int = 1,  # evenly spaced windows at evaluation
         standardize: bool = True,  # z-score each parcel over time within the window
@@ -52,33 +53,41 @@ class ParcelTimeSeries:
         cache: bool = True,  # keep each scan's parcel series in memory (per process) after the first read
     ):
         self.atlas = atlas
+        self._labels = None if labels is None else np.asarray(labels, dtype=int)
         self.window, self.n_eval_windows = window, n_eval_windows
         self.standardize, self.detrend = standardize, detrend
         self.low_pass, self.high_pass, self.t_r = low_pass, high_pass, t_r
         self.cache = cache
         self._masker = None  # built lazily, per process
         self._series: dict[str, np.ndarray] = {}  # path -> (T, P), when cache is on
+        self._t_r: dict[str, float] = {}  # path -> repetition time from the scan's header
 
     def __getstate__(self):  # picklable for dataloader workers
-        return {**self.__dict__, "_masker": None, "_series": {}}
+        return {**self.__dict__, "_masker": None, "_series": {}, "_t_r": {}}
 
     @property
     def labels(self) -> np.ndarray:
-        """Sorted non-zero atlas labels: the parcel order of the P axis."""
-        data = np.asarray(nib.load(str(self.atlas)).dataobj)
-        labels = np.unique(data[data != 0]).astype(int)
-        return labels
+        """Sorted non-zero atlas labels: the parcel order of the P axis (read once)."""
+        if self._labels is None:
+            data = np.asarray(self._atlas_image().dataobj)
+            self._labels = np.unique(data[data != 0]).astype(int)
+        return self._labels
+
+    def _atlas_image(self) -> nib.Nifti1Image:
+        if isinstance(self.atlas, nib.spatialimages.SpatialImage):
+            return self.atlas
+        if not Path(self.atlas).exists():
+            raise FileNotFoundError(f"atlas not found: {self.atlas}")
+        self.atlas = nib.load(str(self.atlas))
+        return self.atlas
 
     def _get_masker(self):
         if self._masker is None:
             from nilearn.maskers import NiftiLabelsMasker
 
-            atlas = Path(self.atlas)
-            if not atlas.exists():
-                raise FileNotFoundError(f"atlas not found: {atlas}")
             self._n_parcels = len(self.labels)
             self._masker = NiftiLabelsMasker(
-                labels_img=str(atlas), strategy="mean", resampling_target="data", standardize=None
+                labels_img=self._atlas_image(), strategy="mean", resampling_target="data", standardize=None
             ).fit()
         return self._masker
 
@@ -93,34 +102,27 @@ class ParcelTimeSeries:
         if series.shape[1] != self._n_parcels:
             raise ValueError(
                 f"{fmri_path}: {series.shape[1]} of the atlas's {self._n_parcels} parcels fall inside the scan's field "
-                f"of view; check the scan is in the atlas space ({self.atlas})"
+                f"of view; check the scan is in the atlas space"
             )
+        if self.t_r is None:
+            self._t_r[key] = float(img.header.get_zooms()[3])  # seconds, for band-pass filtering
         if self.cache:
             self._series[key] = series
         return series
 
     def __call__(self, fmri_path: str | Path, *, train: bool = False, rng=None) -> torch.Tensor:
         series = self.parcel_series(fmri_path)  # (T, P)
-        starts = window_starts(
-            series.shape[0],
-            self.window,
-            train=train,
-            n_eval_windows=self.n_eval_windows,
-            rng=rng,
-            source=str(fmri_path),
-        )
-        length = series.shape[0] if self.window is None else self.window
-        windows = np.stack([self._clean(series[s : s + length], fmri_path) for s in starts])  # (W, T, P)
-        return torch.from_numpy(windows)
+        windows = cut_windows(
+            series, self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path)
+        )  # (W, T, P)
+        return torch.from_numpy(np.stack([self._clean(w, fmri_path) for w in windows]))
 
     def _clean(self, series: np.ndarray, fmri_path) -> np.ndarray:
         if not (self.standardize or self.detrend or self.low_pass or self.high_pass):
             return series
         from nilearn.signal import clean
 
-        t_r = self.t_r
-        if t_r is None and (self.low_pass or self.high_pass):
-            t_r = float(nib.load(str(fmri_path)).header.get_zooms()[3])
+        t_r = self.t_r if self.t_r is not None else self._t_r.get(str(fmri_path))
         out = clean(
             series,
             detrend=self.detrend,

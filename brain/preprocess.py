@@ -30,12 +30,20 @@ class AtlasCoords:
     labels: np.ndarray  # (P,) int, ascending: the parcel order of every (T, P) series
     xyz: np.ndarray  # (P, 3) float32, MNI mm
     names: list[str] | None
+    source: str = "atlas coordinates"  # the table it was read from (for messages)
+
+    def __str__(self) -> str:
+        return self.source
 
 
-def read_atlas_coords(path: str | Path) -> AtlasCoords:
-    """Coordinates table (CSV or TSV, header with label, x, y, z; case-insensitive), sorted by label."""
+def read_atlas_coords(path: str | Path | AtlasCoords) -> AtlasCoords:
+    """Coordinates table (CSV or TSV, header with label, x, y, z; case-insensitive), sorted by label.
+
+    An AtlasCoords (e.g. the cohort's, already read and checked) is returned as it is."""
     import pandas as pd
 
+    if isinstance(path, AtlasCoords):
+        return path
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"atlas coordinates table not found: {path}")
@@ -54,7 +62,7 @@ def read_atlas_coords(path: str | Path) -> AtlasCoords:
     if not np.isfinite(xyz).all():
         raise ValueError(f"{path}: non-finite coordinates")
     names = [str(n) for n in table["name"]] if "name" in table.columns else None
-    return AtlasCoords(labels, xyz, names)
+    return AtlasCoords(labels, xyz, names, str(path))
 
 
 # ------------------------------------------------------------------------------------------------- parcel series

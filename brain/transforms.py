@@ -22,8 +22,16 @@ import numpy as np
 import torch
 
 from brain.parcellation import ParcelTimeSeries, load_bold
-from brain.preprocess import crop_or_pad, foreground_mask, read_atlas_coords, resample_bold, robust_scale, znorm_volume
-from brain.windows import window_starts
+from brain.preprocess import (
+    AtlasCoords,
+    crop_or_pad,
+    foreground_mask,
+    read_atlas_coords,
+    resample_bold,
+    robust_scale,
+    znorm_volume,
+)
+from brain.windows import cut_windows, window_starts
 
 
 class BrainLMParcels:
@@ -31,8 +39,9 @@ class BrainLMParcels:
 
     def __init__(
         self,
-        atlas: str | Path,  # label NIfTI (1..P) of the cohort; resampled to each scan (nearest) when grids differ
-        atlas_coords: str | Path | None = None,  # label, x, y, z table; checked against the atlas labels when given
+        atlas: str | Path | nib.Nifti1Image,  # label image (1..P); resampled to each scan when grids differ
+        atlas_coords: str | Path | AtlasCoords | None = None,  # label, x, y, z table; labels must equal the atlas's
+        labels: np.ndarray | None = None,  # the atlas's sorted labels when already known (the cohort's)
         window: int | None = 200,  # frames per window (BrainLM: 200); None = the whole scan
         n_eval_windows: int = 4,  # evenly spaced windows averaged at evaluation
         scaling: str = "robust",  # "robust" | "robust_upstream" (issue #19 formula) | "zscore" | "none"
@@ -43,7 +52,7 @@ class BrainLMParcels:
         self.atlas, self.atlas_coords = atlas, atlas_coords
         self.window, self.n_eval_windows = window, n_eval_windows
         self.scaling, self.robust_stats = scaling, robust_stats
-        self._parcels = ParcelTimeSeries(atlas, window=None, standardize=False)
+        self._parcels = ParcelTimeSeries(atlas, labels, window=None, standardize=False)
         self._stats = None
         self._checked = False
 
@@ -55,8 +64,8 @@ class BrainLMParcels:
             labels = self._parcels.labels
             if not np.array_equal(coords.labels, labels):
                 raise ValueError(
-                    f"atlas {self.atlas} has labels {labels[:5].tolist()}... ({len(labels)}) but the coordinates table "
-                    f"{self.atlas_coords} lists {coords.labels[:5].tolist()}... ({len(coords.labels)}); they must match"
+                    f"the atlas has labels {labels[:5].tolist()}... ({len(labels)}) but the coordinates table "
+                    f"{coords} lists {coords.labels[:5].tolist()}... ({len(coords.labels)}); they must match"
                 )
         if self.robust_stats is not None:
             stats = np.load(self.robust_stats)
@@ -78,11 +87,9 @@ class BrainLMParcels:
 
     def __call__(self, fmri_path: str | Path, *, train: bool = False, rng=None) -> torch.Tensor:
         x = self.series(fmri_path)  # (T, P)
-        starts = window_starts(
-            x.shape[0], self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path)
-        )
-        length = x.shape[0] if self.window is None else self.window
-        return torch.from_numpy(np.stack([x[s : s + length] for s in starts]))  # (W, T, P)
+        return torch.from_numpy(
+            cut_windows(x, self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path))
+        )  # (W, T, P)
 
 
 class VolumeWindows:
@@ -107,9 +114,9 @@ class VolumeWindows:
         self.voxel_size, self.reference, self.interpolation = voxel_size, reference, interpolation
         self.background, self.normalize = background, normalize
 
-    def volumes(self, fmri_path: str | Path, frames: np.ndarray) -> np.ndarray:
+    def volumes(self, fmri_path: str | Path, frames: np.ndarray, img: nib.Nifti1Image | None = None) -> np.ndarray:
         """Normalised, resampled and cropped volumes of the given frames: (X, Y, Z, len(frames)) float32."""
-        img = load_bold(fmri_path, min_frames=1)
+        img = img if img is not None else load_bold(fmri_path, min_frames=1)
         data = np.asarray(img.dataobj, dtype=np.float32)  # (X, Y, Z, T), NaN already 0
         mask = foreground_mask(data)
         if not mask.any():
@@ -126,17 +133,12 @@ class VolumeWindows:
         return crop_or_pad(data, self.shape, fill=fill, mask=mask)
 
     def __call__(self, fmri_path: str | Path, *, train: bool = False, rng=None) -> torch.Tensor:
-        header = nib.load(str(fmri_path)) if Path(fmri_path).exists() else None
-        if header is None:
-            raise FileNotFoundError(f"fMRI file not found: {fmri_path}")
-        if header.ndim != 4:
-            raise ValueError(f"{fmri_path}: expected a 4D BOLD image, got shape {header.shape}")
-        n_frames = header.shape[3]
+        img = load_bold(fmri_path, min_frames=1)  # the header once; data read below, only the frames needed
         starts = window_starts(
-            n_frames, self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path)
+            img.shape[3], self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path)
         )
         frames = np.unique(np.concatenate([np.arange(s, s + self.window) for s in starts]))
-        vols = self.volumes(fmri_path, frames)  # (X, Y, Z, F)
+        vols = self.volumes(fmri_path, frames, img)  # (X, Y, Z, F)
         pos = {f: i for i, f in enumerate(frames.tolist())}
         wins = np.stack([vols[..., [pos[f] for f in range(s, s + self.window)]] for s in starts])  # (W, X, Y, Z, T)
         x = torch.from_numpy(wins)

@@ -26,3 +26,14 @@ def window_starts(
     if n_eval_windows <= 1:
         return [last // 2]
     return [int(round(s)) for s in np.linspace(0, last, n_eval_windows)]
+
+
+def cut_windows(
+    series: np.ndarray, window: int | None, *, train: bool, n_eval_windows: int, rng, source: str
+) -> np.ndarray:
+    """(T, ...) series -> (W, window, ...) windows along the first (time) axis, starts from window_starts."""
+    starts = window_starts(
+        series.shape[0], window, train=train, n_eval_windows=n_eval_windows, rng=rng, source=source
+    )
+    length = series.shape[0] if window is None else window
+    return np.stack([series[s : s + length] for s in starts])

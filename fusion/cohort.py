@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brain.preprocess import AtlasCoords
 from fusion import cohort_checks as checks
 from fusion.cohort_checks import CohortFatal, Problem
 from genomics.regions import Region
 
 SPLITS = ("train", "val", "test")
 REQUIRED = ("subject_id", "fmri")
+SCAN_COLUMNS = ("n_volumes", "t_r")  # read from each scan's header, once, by the cohort check
 MAX_LISTED = 50  # problems / excluded subjects printed by summary() (the report keeps all)
 
 
@@ -87,33 +89,65 @@ class CohortReport:
 
 @dataclass
 class Cohort:
-    manifest: Path
-    vcf: Path
-    reference: Path
-    regions: Path
-    atlas: Path
-    atlas_coords: Path | None
-    subjects: pd.DataFrame  # usable subjects: subject_id, fmri (absolute), split, covariates (manifest order)
-    region_list: list[Region] = field(default_factory=list)  # usable BED regions, file order
-    labels: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))  # sorted atlas labels (parcel order)
-    coords: pd.DataFrame | None = None  # coordinates table sorted by label
+    """A loaded, checked cohort. Every file is parsed once, here; transforms, datamodule and model take what they need
+    from this object (fusion.app.build), never from the files again."""
+
+    files: dict[str, Path]  # manifest, vcf, reference, regions, atlas[, atlas_coords]: the files as given
+    subjects: pd.DataFrame  # usable subjects: subject_id, fmri (absolute), split, n_volumes, t_r, then covariates
+    regions: list[Region]  # usable BED regions after exclusion, file order (the R axis)
+    contig_lengths: dict[str, int]  # reference FASTA contig -> length
+    atlas: object  # the label image (nibabel Nifti1Image held in memory)
+    labels: np.ndarray  # sorted atlas labels (the P axis)
+    coords: AtlasCoords | None = None  # parcel coordinates sorted by label (None without atlas_coords)
+    covariates: dict[str, str] = field(default_factory=dict)  # manifest covariate -> "continuous" | "categorical"
 
     @property
     def n_regions(self) -> int:
-        return len(self.region_list)
+        return len(self.regions)
 
     @property
     def n_parcels(self) -> int:
         return len(self.labels)
 
     @property
-    def covariates(self) -> list[str]:
-        return [c for c in self.subjects.columns if c not in (*REQUIRED, "split")]
+    def manifest(self) -> Path:
+        return self.files["manifest"]
 
-    def split(self, name: str) -> pd.DataFrame:
-        if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
-        return self.subjects[self.subjects["split"] == name].reset_index(drop=True)
+    @property
+    def vcf(self) -> Path:
+        return self.files["vcf"]
+
+    @property
+    def reference(self) -> Path:
+        return self.files["reference"]
+
+    def inputs(self, modality: str) -> dict[str, object]:
+        """What a modality's transforms and encoders may ask for by constructor parameter name (fusion/encoders.py)."""
+        if modality == "genomics":
+            return {"reference": self.reference, "vcf": self.vcf, "regions": self.regions, "n_regions": self.n_regions}
+        if modality == "brain":
+            return {
+                "atlas": self.atlas, "labels": self.labels, "atlas_coords": self.coords, "coords": self.coords,
+                "n_parcels": self.n_parcels,
+            }  # fmt: skip
+        raise ValueError(f"modality must be 'genomics' or 'brain', got {modality!r}")
+
+
+def exclude_short_scans(cohort: Cohort, report: CohortReport, window: int | None, strict: bool = False) -> None:
+    """Subjects whose scan has fewer volumes than the brain encoder's `window` are excluded and reported (in place)."""
+    if not window:
+        return
+    subjects = cohort.subjects
+    short = subjects["n_volumes"] < window
+    for sid, path, n in subjects.loc[short, ["subject_id", "fmri", "n_volumes"]].itertuples(index=False):
+        report.excluded[sid] = f"{path}: {n} volumes, fewer than the brain encoder's window of {window}"
+    if short.any():
+        if strict:
+            raise CohortError(report.summary(), report)
+        cohort.subjects = subjects[~short].reset_index(drop=True)
+        report.split_counts = {s: int((cohort.subjects["split"] == s).sum()) for s in SPLITS}
+    if cohort.subjects.empty:
+        raise CohortError(f"no usable subject in the cohort:\n{report.summary()}", report)
 
 
 def hash_split(subject_id: str, fractions=(0.7, 0.15, 0.15)) -> str:
@@ -155,11 +189,11 @@ def load_cohort(
             )
         samples, vcf_contigs, vf = checks.check_vcf(files["vcf"], problems)
         lengths, fasta = checks.check_reference(files["reference"])
-        region_list = checks.check_regions(files["regions"], lengths, vcf_contigs, files["vcf"], problems)
-        checks.check_vcf_against_reference(files["vcf"], vf, vcf_contigs, fasta, region_list, problems)
+        regions = checks.check_regions(files["regions"], lengths, vcf_contigs, files["vcf"], problems)
+        checks.check_vcf_against_reference(files["vcf"], vf, vcf_contigs, fasta, lengths, regions, problems)
         vf.close()
         fasta.close()
-        labels = checks.check_atlas(files["atlas"], problems)
+        atlas_img, labels = checks.check_atlas(files["atlas"], problems)
         coords = None
         if "atlas_coords" in files:
             coords = checks.check_coords(files["atlas_coords"], files["atlas"], labels, problems)
@@ -176,15 +210,17 @@ def load_cohort(
             )
         )
     report.split_counts = {s: int((subjects["split"] == s).sum()) for s in SPLITS}
-    report.n_regions, report.n_parcels = len(region_list), len(labels)
+    report.n_regions, report.n_parcels = len(regions), len(labels)
     if strict and report.errors:
         raise CohortError(f"cohort has {len(report.errors)} error(s) (strict=True):\n{report.summary()}", report)
     if subjects.empty:
         raise CohortError(f"no usable subject in the cohort:\n{report.summary()}", report)
-    cohort = Cohort(
-        files["manifest"], files["vcf"], files["reference"], files["regions"], files["atlas"],
-        files.get("atlas_coords"), subjects, region_list, labels, coords,
-    )  # fmt: skip
+    covariates = {
+        c: "continuous" if pd.api.types.is_numeric_dtype(subjects[c]) else "categorical"
+        for c in subjects.columns
+        if c not in (*REQUIRED, "split", *SCAN_COLUMNS)
+    }
+    cohort = Cohort(files, subjects, regions, lengths, atlas_img, labels, coords, covariates)
     return cohort, report
 
 
@@ -195,6 +231,7 @@ def _check_subjects(table, manifest: Path, samples: set[str], split_fractions, r
     table = table.dropna(how="all")  # blank lines (line numbers stay right: index = line - 2)
     report.n_manifest = len(table)
     reasons: dict[int, list[str]] = {}  # row index -> reasons
+    scans: dict[int, tuple[int, float]] = {}  # row index -> (volumes, repetition time in s) from the header
 
     def bad(i: int, sid, message: str, short: str) -> None:
         who = f"subject {sid!r}: " if isinstance(sid, str) else ""
@@ -232,27 +269,33 @@ def _check_subjects(table, manifest: Path, samples: set[str], split_fractions, r
             bad(i, sid, f"fMRI file not found: {path}", "fMRI missing")
             continue
         try:
-            shape = nib.load(str(path)).shape  # header only
+            header = nib.load(str(path)).header  # header only
         except Exception as err:  # nibabel raises several types
             bad(i, sid, f"fMRI file is not a readable NIfTI ({err}): {path}", "fMRI unreadable")
             continue
+        shape = header.get_data_shape()
         if len(shape) != 4 or shape[3] < 2:
             bad(i, sid, f"fMRI must be a 4D image with >= 2 volumes, got shape {shape}: {path}", "fMRI not 4D")
+            continue
+        scans[i] = (int(shape[3]), float(header.get_zooms()[3]))
     for i, why in reasons.items():
         key = ids[i] if isinstance(ids[i], str) else f"line {i + 2}"
         previous = report.excluded[key].split("; ") if key in report.excluded else []
         report.excluded[key] = "; ".join(dict.fromkeys(previous + why))
     keep = table.drop(index=list(reasons)).copy()
     keep["subject_id"] = keep["subject_id"].str.strip()
+    keep["n_volumes"] = [scans[i][0] for i in keep.index]
+    keep["t_r"] = [scans[i][1] for i in keep.index]
     if has_split:
         keep["split"] = keep["split"].str.strip().str.lower()
     else:
         keep["split"] = [hash_split(s, split_fractions) for s in keep["subject_id"]]
     for col in keep.columns:
-        if col not in (*REQUIRED, "split"):
+        if col not in (*REQUIRED, "split", *SCAN_COLUMNS):
             try:
                 keep[col] = pd.to_numeric(keep[col])
             except (ValueError, TypeError):
                 pass  # a text covariate (sex, site, ...)
-    columns = [*REQUIRED, "split", *[c for c in keep.columns if c not in (*REQUIRED, "split")]]
+    fixed = (*REQUIRED, "split", *SCAN_COLUMNS)
+    columns = [*fixed, *[c for c in keep.columns if c not in fixed]]
     return keep[columns].reset_index(drop=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brain.preprocess import AtlasCoords
 from genomics.regions import Region, check_contigs, naming_hint, parse_bed
 
 MAX_REF_CHECKS = 200  # VCF records compared against the FASTA (a wrong genome build shows up in the first few)
@@ -110,9 +111,8 @@ def check_regions(path: Path, lengths: dict[str, int], vcf_contigs: set[str], vc
     return good
 
 
-def check_vcf_against_reference(vcf_path: Path, vf, vcf_contigs: set[str], fasta, regions, problems) -> None:
+def check_vcf_against_reference(vcf_path: Path, vf, vcf_contigs: set[str], fasta, lengths, regions, problems) -> None:
     """Contig naming between VCF and FASTA, and REF alleles of the first records in the regions against the FASTA."""
-    lengths = dict(zip(fasta.references, fasta.lengths))
     absent = sorted(vcf_contigs - set(lengths))
     hint = naming_hint(absent, lengths)
     if hint or (absent and not vcf_contigs & set(lengths)):
@@ -145,8 +145,8 @@ def check_vcf_against_reference(vcf_path: Path, vf, vcf_contigs: set[str], fasta
                 return
 
 
-def check_atlas(path: Path, problems: list[Problem]) -> np.ndarray:
-    """Sorted non-zero labels of a 3D integer label image (empty when unusable; problems say why)."""
+def check_atlas(path: Path, problems: list[Problem]) -> tuple[object, np.ndarray]:
+    """(the label image held in memory, its sorted non-zero labels); labels empty when unusable (problems say why)."""
     import nibabel as nib
 
     try:
@@ -156,14 +156,14 @@ def check_atlas(path: Path, problems: list[Problem]) -> np.ndarray:
     shape = img.shape
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
         problems.append(Problem("error", str(path), f"atlas must be a 3D label image, got shape {shape}"))
-        return np.array([], dtype=int)
+        return img, np.array([], dtype=int)
     data = np.asarray(img.dataobj).reshape(shape[:3])
     if not np.issubdtype(data.dtype, np.integer):
         if not np.isfinite(data).all() or not np.equal(np.round(data), data).all():
             problems.append(
                 Problem("error", str(path), "atlas values must be integer labels (0 = background); got non-integers")
             )
-            return np.array([], dtype=int)
+            return img, np.array([], dtype=int)
     labels = np.unique(data[data != 0]).astype(int)
     if (labels < 0).any():
         problems.append(Problem("error", str(path), f"negative labels {labels[labels < 0][:5].tolist()}"))
@@ -173,12 +173,13 @@ def check_atlas(path: Path, problems: list[Problem]) -> np.ndarray:
         problems.append(
             Problem("warning", str(path), f"labels are not 1..P ({len(labels)} labels, max {labels[-1]}); fine, noted")
         )
-    return labels
+    return type(img)(data, img.affine, img.header), labels  # in memory: the file is not read again
 
 
-def check_coords(path: Path, atlas: Path, labels: np.ndarray, problems: list[Problem]) -> pd.DataFrame | None:
-    """The coordinates table (label, x, y, z numeric; one row per atlas label), or None when unusable."""
+def check_coords(path: Path, atlas: Path, labels: np.ndarray, problems: list[Problem]) -> AtlasCoords | None:
+    """The coordinates table (label, x, y, z numeric; a row per atlas label) sorted by label; None when unusable."""
     table = read_table(path, "atlas coordinates table")
+    table.columns = [c.lower() for c in table.columns]
     missing = [c for c in ("label", "x", "y", "z") if c not in table.columns]
     if missing:
         problems.append(
@@ -205,4 +206,7 @@ def check_coords(path: Path, atlas: Path, labels: np.ndarray, problems: list[Pro
         problems.append(
             Problem("error", str(path), f"atlas labels {absent[:10]} have no coordinates (of {len(labels)})")
         )
-    return table.sort_values("label").reset_index(drop=True)
+    table = table.sort_values("label", kind="stable")
+    names = [str(n) for n in table["name"]] if "name" in table.columns else None
+    xyz = table[["x", "y", "z"]].to_numpy(np.float32)
+    return AtlasCoords(table["label"].to_numpy().astype(int), xyz, names, str(path))

@@ -1,10 +1,11 @@
 """Paired (genotype, fMRI) subjects as a torch Dataset. Library code: no Lightning, no Hydra.
 
-Item: {"index": int, "subject_id": str, "genomics": LongTensor (R, H, L), "brain": FloatTensor (W, ...)}.
+Item: {"index": int, "subject_id": str, "genomics": LongTensor (R, H, L), "brain": FloatTensor (W, ...),
+"covariates": {name: value}} (the manifest's covariates: floats, NaN where missing, or strings).
 Pairing is by subject id: the genomics transform looks the id up in the VCF, the brain transform reads that subject's
-fMRI path from the manifest row. Training indices come from EpochSampler as (index, epoch) pairs; random choices
-(training windows) draw from a generator seeded by (seed, epoch, index), so an epoch is reproducible, a resumed run
-sees the same windows, and persistent dataloader workers need no epoch broadcast.
+fMRI path from the cohort's subject table. Training indices come from EpochSampler as (index, epoch) pairs; random
+choices (training windows) draw from a generator seeded by (seed, epoch, index), so an epoch is reproducible, a resumed
+run sees the same windows, and persistent dataloader workers need no epoch broadcast.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -19,16 +21,19 @@ from torch.utils.data import Dataset, Sampler
 class PairedDataset(Dataset):
     def __init__(
         self,
-        subject_ids: Sequence[str],
-        fmri_paths: Sequence[str],
+        subjects: pd.DataFrame,  # rows of Cohort.subjects: subject_id, fmri, then covariates
         genomics_transform: Callable,
         brain_transform: Callable,
+        covariates: Sequence[str] = (),  # columns of `subjects` carried into each item
         train: bool = False,
         seed: int = 0,
     ):
-        if len(subject_ids) != len(fmri_paths):
-            raise ValueError("subject_ids and fmri_paths must have the same length")
-        self.subject_ids, self.fmri_paths = list(subject_ids), list(fmri_paths)
+        self.subject_ids = subjects["subject_id"].astype(str).tolist()
+        self.fmri_paths = subjects["fmri"].astype(str).tolist()
+        table = subjects[list(covariates)]
+        text = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+        table = table.fillna({c: "" for c in text})  # a missing category is "" (so batches collate), a number NaN
+        self.covariates = table.to_dict("records")  # one {name: value} per subject
         self.genomics_transform, self.brain_transform = genomics_transform, brain_transform
         self.train, self.seed = train, seed
 
@@ -44,6 +49,7 @@ class PairedDataset(Dataset):
             "subject_id": sid,
             "genomics": self.genomics_transform(sid),  # (R, H, L)
             "brain": self.brain_transform(self.fmri_paths[index], train=self.train, rng=rng),  # (W, ...)
+            "covariates": self.covariates[index],
         }
 
 

@@ -1,9 +1,10 @@
 """Export entry point: `python -m fusion.export ckpt_path=...` writes one Parquet file per split.
 
-Columns: subject_id, split, genomics (512 floats), brain (512), fused (512). All three are unit vectors in the shared
-space; fused = l2(genomics + brain) (fusion.model.fuse). A JSON sidecar records provenance: the run's resolved config,
-the checkpoint's SHA-256, the code version, the cohort files and split sizes. Files are written to a temporary name
-and renamed, so an interrupted export never leaves a truncated file in place of a good one.
+Columns: subject_id, split, genomics (512 floats), brain (512), fused (512), then the manifest's covariates. The three
+embeddings are unit vectors in the shared space; fused = l2(genomics + brain) (fusion.model.fuse). A JSON sidecar
+records provenance: the run's resolved config, the checkpoint's SHA-256, the code version, the cohort files and split
+sizes. Files are written to a temporary name and renamed, so an interrupted export never leaves a truncated file in
+place of a good one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -62,10 +64,11 @@ def load_run(ckpt_path: Path, run_dir: Path | None = None):
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file} not found: pass run_dir= (the fusion.train run folder of this checkpoint)")
     cfg = OmegaConf.load(cfg_file)
-    datamodule, model = build(cfg)
+    run = build(cfg)
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state)
-    return cfg, datamodule, model.eval()
+    run.model.load_state_dict(state)
+    run.model.eval()
+    return cfg, run
 
 
 @torch.no_grad()
@@ -88,24 +91,31 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def to_table(rows: dict, split: str) -> pa.Table:
+def to_table(rows: dict, split: str, covariates: pd.DataFrame) -> pa.Table:
+    """subject_id, split, genomics, brain, fused (fixed-size float lists), then the manifest's covariates."""
     n = len(rows["subject_id"])
     cols = {"subject_id": pa.array(rows["subject_id"], pa.string()), "split": pa.array([split] * n, pa.string())}
     for key in ("genomics", "brain", "fused"):
         mat = rows[key]
         cols[key] = pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])
-    return pa.table(cols)
+    table = pa.table(cols)
+    covs = covariates.set_index("subject_id").loc[rows["subject_id"]].reset_index(drop=True)
+    for name in covs.columns:
+        table = table.append_column(name, pa.Array.from_pandas(covs[name]))
+    return table
 
 
 def export(ckpt_path, run_dir=None, out_dir=None, splits=("train", "val", "test"), batch_size=None) -> dict[str, Path]:
-    cfg, datamodule, model = load_run(Path(ckpt_path), run_dir)
+    cfg, run = load_run(Path(ckpt_path), run_dir)
+    datamodule, model = run.datamodule, run.model
+    covariates = run.cohort.subjects[["subject_id", *run.cohort.covariates]]
     if batch_size:
         datamodule.eval_batch_size = batch_size
     out_dir = Path(out_dir) if out_dir else Path(ckpt_path).resolve().parent.parent / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for split in splits:
-        table = to_table(embed_split(model, datamodule.predict_loader(split)), split)
+        table = to_table(embed_split(model, datamodule.predict_loader(split)), split, covariates)
         written[split] = out_dir / f"{split}.parquet"
         write_parquet_atomic(table, written[split])
         log.info("wrote %s (%d subjects)", written[split], table.num_rows)
@@ -117,7 +127,7 @@ def export(ckpt_path, run_dir=None, out_dir=None, splits=("train", "val", "test"
         "fused": "l2_normalize(genomics + brain); genomics and brain are the unit-norm projections",
         "files": {split: p.name for split, p in written.items()},
         "split_sizes": {split: datamodule.split_sizes()[split] for split in splits},
-        "cohort_report": datamodule.report.summary(),
+        "cohort_report": run.report.summary(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     tmp = out_dir / ".provenance.json.tmp"

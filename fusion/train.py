@@ -27,8 +27,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit and test; returns (metrics, objects). Used by the CLI and by the tests."""
     L.seed_everything(cfg.seed, workers=True)
     resolve_cohort(cfg)
-    datamodule, model = build(cfg)
-    log.info("cohort: %s", datamodule.report.summary())
+    run = build(cfg)
+    datamodule, model = run.datamodule, run.model
+    log.info("cohort: %s", run.report.summary())
     log.info("subjects per split: %s", datamodule.split_sizes())
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

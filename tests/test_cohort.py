@@ -45,7 +45,8 @@ def test_demo_cohort_loads_clean(files):
     cohort, report = load_cohort(**files, strict=True)
     assert report.ok and not report.warnings and not report.excluded
     assert len(cohort.subjects) == 8 and cohort.n_regions == 16 and cohort.n_parcels == 264
-    assert cohort.covariates == ["age", "sex", "site"] and cohort.subjects["age"].dtype.kind == "f"
+    assert cohort.covariates == {"age": "continuous", "sex": "categorical", "site": "categorical"}
+    assert cohort.subjects["age"].dtype.kind == "f" and (cohort.subjects["n_volumes"] == 12).all()
     assert "cohort" in report.summary() and "8 of 8" in report.summary()
 
 

@@ -15,8 +15,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from fusion.cohort import load_cohort
-from fusion.demo import cohort as demo_cohort
 from fusion.demo import generate_demo_cohort
+from fusion.demo import generator as demo_cohort
 from genomics.alphabet import A_ID
 from genomics.transforms import PersonalSequenceTokens
 
@@ -53,7 +53,7 @@ def test_loads_clean_with_strict_validation(demo):
     assert report.ok and not report.warnings and not report.excluded
     assert len(cohort.subjects) == N and cohort.n_regions == 16 and cohort.n_parcels == 264
     assert set(cohort.subjects["split"]) == {"train", "val", "test"}
-    assert cohort.covariates == ["age", "sex", "site"]
+    assert list(cohort.covariates) == ["age", "sex", "site"]
 
 
 def test_files_are_real(demo):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -88,7 +89,9 @@ def test_resume_continues_from_checkpoint_and_export_writes_parquet(tmp_path, ca
     sizes = objs["datamodule"].split_sizes()
     for split in ("train", "val", "test"):
         table = pq.read_table(written[split]).to_pandas()
-        assert list(table.columns) == ["subject_id", "split", "genomics", "brain", "fused"]
+        assert list(table.columns) == ["subject_id", "split", "genomics", "brain", "fused", "age", "sex", "site"]
+        cohort = objs["datamodule"].cohort.subjects.set_index("subject_id")
+        assert np.allclose(table["age"], cohort.loc[table["subject_id"], "age"])  # covariates travel with the rows
         assert len(table) == sizes[split] and set(table["split"]) == {split}
         g, b, f = (np.stack(table[c].to_numpy()) for c in ("genomics", "brain", "fused"))
         assert g.shape == b.shape == f.shape == (sizes[split], 512)
@@ -142,4 +145,31 @@ def test_ddp_spawn_on_two_cpu_processes(tmp_path, cache):
     metrics, objs = train(cfg)
     assert objs["trainer"].world_size == 2
     assert metrics["test/n"] == objs["datamodule"].split_sizes()["test"]
+    assert np.isfinite(metrics["train/loss"]) and 0 <= metrics["test/g2b/R@1"] <= 1
+
+
+def test_cohort_read_once_drives_transforms_and_config_split_fractions(tmp_path, cache):
+    """strict=false with a bad BED line: the region the cohort check excluded is absent from the report's count and
+    from the transform's output, and training runs; without a split column, data.split_fractions splits the cohort."""
+    from fusion.app.build import build
+    from fusion.app.cohort_source import resolve_cohort
+
+    demo = compose_train(tmp_path, cache, [])
+    resolve_cohort(demo)  # the tiny demo cohort's files
+    bed = tmp_path / "regions.bed"
+    good = Path(demo.data.regions).read_text()
+    bed.write_text(good + "chr1\t500\t400\tbackwards\n")
+    manifest = pd.read_csv(demo.data.manifest).drop(columns="split")
+    manifest["fmri"] = [str(Path(demo.data.manifest).parent / f) for f in manifest["fmri"]]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    files = [f"data.{k}={demo.data[k]}" for k in ("vcf", "reference", "atlas", "atlas_coords")]
+    overrides = [*files, f"data.manifest={tmp_path / 'manifest.csv'}", f"data.regions={bed}", "data.strict=false"]
+    cfg = compose_train(tmp_path, cache, [*overrides, "data.split_fractions=[0.75,0.125,0.125]"])
+    run = build(cfg)
+    n_good = len(good.strip().splitlines())
+    assert run.report.n_regions == run.cohort.n_regions == n_good == 4
+    assert any("start" in p.message and p.where.endswith(f":{n_good + 1}") for p in run.report.errors)
+    assert run.datamodule.genomics_transform(run.cohort.subjects["subject_id"][0]).shape[0] == n_good  # (R, 2, L)
+    assert run.report.split_source == "hash of subject_id" and run.datamodule.split_sizes()["train"] >= 8
+    metrics, _ = train(compose_train(tmp_path, cache, [*overrides, "+trainer.fast_dev_run=true"]))
     assert np.isfinite(metrics["train/loss"]) and 0 <= metrics["test/g2b/R@1"] <= 1

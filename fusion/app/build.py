@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fusion.app.datamodule import AlignmentDataModule
+from fusion.app.module import AlignmentModule
+from fusion.cohort import Cohort, CohortReport, exclude_short_scans, load_cohort
 
 
 def instantiate_dict(cfg: DictConfig | None) -> list:
@@ -12,24 +19,53 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in (cfg or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def build(cfg: DictConfig):
-    """Instantiate datamodule and LightningModule from a composed config (cohort paths must be resolved)."""
+@dataclass
+class Run:
+    """What build() makes from a config: the cohort (loaded and checked once) and what is built from it."""
+
+    cohort: Cohort
+    report: CohortReport
+    datamodule: AlignmentDataModule
+    model: AlignmentModule
+
+
+def build(cfg: DictConfig) -> Run:
+    """Config -> cohort (every file read and checked once; cohort paths must be resolved, see cohort_source) ->
+    transforms -> datamodule -> encoders -> model. Transforms and encoders get the cohort facts their constructors
+    name (Cohort.inputs: reference, vcf, regions, n_regions for genomics; atlas, labels, atlas_coords, n_parcels for
+    brain)."""
+    data = cfg.data
+    cohort_args = set(inspect.signature(load_cohort).parameters)
+    cohort, report = load_cohort(**{k: data[k] for k in cohort_args if k in data})
+    genomics_transform = instantiate_with(cfg.genomics.transform, cohort.inputs("genomics"))
+    brain_transform = instantiate_with(cfg.brain.transform, cohort.inputs("brain"))
+    exclude_short_scans(cohort, report, getattr(brain_transform, "window", None), strict=data.strict)
+    loader = {k: v for k, v in OmegaConf.to_container(data, resolve=True).items() if k not in cohort_args}
+    datamodule = instantiate(
+        loader,
+        cohort=cohort,
+        genomics_transform=genomics_transform,
+        brain_transform=brain_transform,
+    )
+    net = {
+        "genomics_encoder": instantiate_with(cfg.genomics.encoder, cohort.inputs("genomics")),
+        "brain_encoder": instantiate_with(cfg.brain.encoder, cohort.inputs("brain")),
+    }
+    model = instantiate(cfg.model, net=net)
+    return Run(cohort, report, datamodule, model)
+
+
+def instantiate_with(node: DictConfig, inputs: dict):
+    """instantiate(node) with those `inputs` (e.g. Cohort.inputs) its target's constructor names, unless set."""
+    params = inspect.signature(get_object(node._target_)).parameters
+    given = {k: v for k, v in inputs.items() if k in params and node.get(k) is None}
     try:
-        datamodule = instantiate(
-            cfg.data,
-            genomics_transform=instantiate(cfg.genomics.transform),
-            brain_transform=instantiate(cfg.brain.transform),
-            _recursive_=False,
-        )
-    except InstantiationException as err:  # a cohort problem: show the cohort's own message, not Hydra's wrapper
+        factory = instantiate(node, _partial_=True)  # then call: Hydra would turn dataclasses and lists into configs
+        return factory(**given)
+    except InstantiationException as err:  # a user's mistake: show its own message, not Hydra's wrapper
         if isinstance(err.__cause__, (ValueError, OSError)):
             raise err.__cause__ from None
         raise
-    with open_dict(cfg):
-        cfg.data.n_regions = datamodule.cohort.n_regions
-        cfg.data.n_parcels = datamodule.cohort.n_parcels
-    model = instantiate(cfg.model)
-    return datamodule, model
 
 
 def format_retrieval(metrics: dict, n: int) -> str:

@@ -1,7 +1,7 @@
 """CaduceusGenomicsEncoder: one vector per subject from the Caduceus embeddings of its regions and haplotypes.
 
-References: fusion/encoders.py (the encoder interface); genomics/models/kmer.py (the baseline this replaces, same input);
-genomics/caduceus/embedding.py (strand layout and pooling).
+References: fusion/encoders.py (the encoder interface); genomics/models/kmer.py (the baseline this replaces, same
+input); genomics/caduceus/embedding.py (strand layout and pooling).
 
 Input: ids (B, R, H, L), R regions x H haplotypes (2) x L token ids, left-padded with [PAD]. Pooling rule:
   1. sequence -> (D,): strand-invariant mean over non-[PAD] tokens (both strands, then their average), so a region
