@@ -6,39 +6,15 @@ scheduler arrive as partials from Hydra (lightning-hydra-template style): AdamW,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import lightning as L
-import torch
 from torch import nn
 
 from fusion.losses import ClipLoss
 from fusion.metrics import RetrievalMetrics
 from fusion.model import AlignmentModel
-
-
-def cosine_with_warmup(optimizer, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0):
-    """LambdaLR: linear warm-up over warmup_fraction of the steps, then cosine decay to min_lr_ratio * lr."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings' scalars and the logit scale (open_clip's exclusion rule)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+from fusion.optim import param_groups
 
 
 class AlignmentModule(L.LightningModule):
