@@ -13,7 +13,14 @@ Its inputs come from a transform (a plain callable, built from the same Hydra co
                         W windows of the scan in the encoder's native layout (parcel series (W, T, P), SwiFT volumes
                         (W, 1, X, Y, Z, T), BrainMT (W, T, 1, X, Y, Z)); training draws one random window (W=1),
                         evaluation returns a fixed set of windows whose embeddings the encoder averages.
-Transforms take file paths in their constructor and open nothing until first called.
+Cohort facts reach transforms and encoders by constructor parameter name: fusion.app.build loads the cohort once
+(fusion.cohort.load_cohort) and passes each of these that the constructor names and the config leaves unset
+(Cohort.inputs):
+    genomics: reference (FASTA path), vcf (path), regions (list[genomics.regions.Region], after exclusion),
+              n_regions (R)
+    brain:    atlas (label image in memory), labels (sorted atlas labels, the P axis),
+              atlas_coords / coords (brain.preprocess.AtlasCoords or None), n_parcels (P)
+so a config never names a cohort file or count. Transforms open nothing until first called and are picklable.
 """
 
 from __future__ import annotations

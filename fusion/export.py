@@ -10,7 +10,6 @@ place of a good one.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -28,16 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from fusion.app import CONFIG_DIR
 from fusion.app.build import build
 from fusion.model import fuse
+from genomics.checkpoints import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def code_version() -> dict:
@@ -122,7 +114,7 @@ def export(ckpt_path, run_dir=None, out_dir=None, splits=("train", "val", "test"
     sidecar = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         "checkpoint": str(Path(ckpt_path).resolve()),
-        "checkpoint_sha256": sha256(Path(ckpt_path)),
+        "checkpoint_sha256": sha256_file(Path(ckpt_path)),
         "code": code_version(),
         "fused": "l2_normalize(genomics + brain); genomics and brain are the unit-norm projections",
         "files": {split: p.name for split, p in written.items()},

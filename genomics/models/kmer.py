@@ -13,7 +13,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from genomics.alphabet import A_ID, T_ID
+from genomics.alphabet import A_ID, T_ID, reverse_complement
 
 
 def _canonical_index(k: int) -> tuple[Tensor, int]:
@@ -43,8 +43,7 @@ class KmerSpectrum(nn.Module):
         names = ["".join(p) for p in itertools.product("ACGT", repeat=k)]
         if not canonical:
             return names
-        comp = str.maketrans("ACGT", "TGCA")
-        return sorted({min(n, n.translate(comp)[::-1]) for n in names})
+        return sorted({min(n, reverse_complement(n)) for n in names})
 
     def forward(self, ids: Tensor) -> Tensor:
         b, r, h, length = ids.shape
