@@ -124,7 +124,11 @@ class Cohort:
     def inputs(self, modality: str) -> dict[str, object]:
         """What a modality's transforms and encoders may ask for by constructor parameter name (fusion/encoders.py)."""
         if modality == "genomics":
-            return {"reference": self.reference, "vcf": self.vcf, "regions": self.regions, "n_regions": self.n_regions}
+            train = self.subjects.loc[self.subjects["split"] == "train", "subject_id"].tolist()
+            return {
+                "reference": self.reference, "vcf": self.vcf, "regions": self.regions, "n_regions": self.n_regions,
+                "train_subjects": train,
+            }  # fmt: skip
         if modality == "brain":
             return {
                 "atlas": self.atlas, "labels": self.labels, "atlas_coords": self.coords, "coords": self.coords,

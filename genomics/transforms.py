@@ -15,6 +15,7 @@ dataloader workers.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,3 +74,50 @@ class PersonalSequenceTokens:
             for h, seq in enumerate(haps.haplotypes(subject_id, i)):
                 out[i, h] = pad_left(encode(seq, self.n_as), length)
         return torch.from_numpy(out)
+
+
+class GenotypeDosages:
+    """Subject id -> FloatTensor (S,) ALT allele dosages (0/1/2, NaN = missing) at every VCF site inside the regions,
+    one feature per ALT (genomics.dosage). The whole table is read once, on first use, per process.
+
+    `encoder_inputs()` gives the encoder what it needs to be built (fusion.app.build passes it on by parameter name):
+    n_sites, and the ALT frequencies and mean dosages over `train_subjects` only (the training split), so neither
+    the minor-allele-frequency filter nor the imputation ever sees validation or test subjects.
+    """
+
+    def __init__(
+        self,
+        vcf: str | Path,
+        regions: Sequence[Region],  # parsed regions (the cohort's, after exclusion)
+        train_subjects: Sequence[str] | None = None,  # samples that frequencies and means come from; None = all
+    ):
+        self.vcf, self.regions = vcf, list(regions)
+        self.train_subjects = None if train_subjects is None else list(train_subjects)
+        self._table = None  # DosageTable, read on first use
+        self._columns: dict[str, int] = {}
+
+    def __getstate__(self):  # workers read the table themselves
+        return {**self.__dict__, "_table": None, "_columns": {}}
+
+    @property
+    def table(self):
+        if self._table is None:
+            from genomics.dosage import read_dosages
+
+            self._table = read_dosages(self.vcf, self.regions)
+            self._columns = {s: i for i, s in enumerate(self._table.samples)}
+        return self._table
+
+    def encoder_inputs(self) -> dict:
+        table = self.table
+        train = table.dosages if self.train_subjects is None else table.dosages[:, table.columns(self.train_subjects)]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a site with no called training genotype -> NaN
+            means = np.nanmean(train, axis=1)  # (S,)
+        return {"n_sites": len(table.sites), "train_means": torch.from_numpy(means.astype(np.float32))}
+
+    def __call__(self, subject_id: str) -> torch.Tensor:
+        table = self.table
+        if subject_id not in self._columns:
+            raise KeyError(f"subject {subject_id!r} is not a sample of {self.vcf}")
+        return torch.from_numpy(np.ascontiguousarray(table.dosages[:, self._columns[subject_id]]))  # (S,)

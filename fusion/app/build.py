@@ -48,11 +48,19 @@ def build(cfg: DictConfig) -> Run:
         brain_transform=brain_transform,
     )
     net = {
-        "genomics_encoder": instantiate_with(cfg.genomics.encoder, cohort.inputs("genomics")),
-        "brain_encoder": instantiate_with(cfg.brain.encoder, cohort.inputs("brain")),
+        "genomics_encoder": instantiate_with(
+            cfg.genomics.encoder, encoder_inputs(cohort, "genomics", genomics_transform)
+        ),
+        "brain_encoder": instantiate_with(cfg.brain.encoder, encoder_inputs(cohort, "brain", brain_transform)),
     }
     model = instantiate(cfg.model, net=net)
     return Run(cohort, report, datamodule, model)
+
+
+def encoder_inputs(cohort: Cohort, modality: str, transform) -> dict:
+    """The cohort's facts plus what the transform derived from the data (e.g. GenotypeDosages' site count)."""
+    derived = transform.encoder_inputs() if hasattr(transform, "encoder_inputs") else {}
+    return cohort.inputs(modality) | derived
 
 
 def instantiate_with(node: DictConfig, inputs: dict):
