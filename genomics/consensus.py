@@ -1,16 +1,31 @@
-"""Apply one haplotype's alleles to a reference region: a port of `bcftools consensus` (1.2x) apply_variant.
+"""One haplotype of one region from VCF records: the rules of `bcftools consensus` 1.20+ (htslib 1.22+), re-implemented.
 
-    seq = apply_variants(ref_seq, region_start, records, alleles, counts=Counter())
+    allele = pick_allele(variant, slots, unphased_gt, hap=1)          # what `-H 1` takes from one sample's GT
+    edit = make_edit(variant, allele)                                  # (chrom, start, ref, alt) to apply, or None
+    seq = apply_edits(ref_seq, region_start, edits, counts=Counter())  # the haplotype of the region
+    seq = apply_variants(ref_seq, region_start, records, alleles)      # the same from ALT indices (0 = REF, None)
 
-`records` are VCF records in file order (pysam VariantRecords or `Variant`s: chrom, start (0-based), ref, alts, id);
-`alleles[i]` is the allele index this haplotype carries at records[i] (0 = REF, k = k-th ALT, None = missing call).
-Ported bcftools rules: the frozen position (last REF base of the last applied variant) makes a later variant starting
-at or before it an overlap (skipped, with a warning), except an indel whose first base equals its REF anchor starting
-exactly there after a non-insertion; REF must match the (modified) sequence, with bcftools' allowance for a variant
-anchored on the last base of a preceding deletion; the written allele takes the case of the sequence at its first
-base; an insertion does not overwrite anchor bases that an earlier variant at the same position changed.
-Not bcftools, by design: records only partly inside [region_start, region_start + len(ref_seq)) and symbolic ALTs are
-skipped and counted (counts["partial"], counts["symbolic"]). Other counts: applied, ref, missing, overlap.
+Choosing the allele (`bcftools consensus -s S -H 1|2`, `-H 1pIu|2pIu`, `-M C`), from the GT slots as htslib stores
+them: a record has as many slots as its most ploid sample; a haploid sample's second slot is vector-end.
+- -H h takes slot h. A missing slot ('.') or a vector-end slot (haploid sample, diploid record) is "missing": kept
+  as the reference, or with -M C the record becomes REF[0] -> C (an ALT-less record longer than one base: all its
+  bases -> C). A record with fewer slots than h (every sample haploid): missing when a slot is '.', else skipped.
+- -H hpIu: when the GT is unphased (two or more alleles, not all joined by '|', as many as the record's ploidy),
+  the allele is the IUPAC merge of the GT's alleles over the longest ALT among them (A/G -> R, A/AT -> AT,
+  AT/A -> A), for both haplotypes. Other GTs follow -H h; a haploid GT counts as phased (htslib 1.22+, VCF 4.4;
+  older htslib merges it, so -H 2pIu applied a haploid ALT to haplotype 2 as well).
+Applying (per region, records in VCF order; positions 0-based):
+- a record starting at or before the last REF base of the last applied record overlaps it and is skipped with a
+  warning, except an indel anchored on that base (REF[0] == ALT[0]) after a non-insertion;
+- a record starting before the region is trimmed to it: when the ALT reaches into the region both alleles lose the
+  bases before it, else the record becomes a deletion of its REF bases inside the region (no REF check there);
+- a record reaching past the region end is cut at the end (REF and ALT to the bases left inside);
+- REF must equal the current sequence (case-insensitive), except for a record anchored on the last REF base of the
+  previous applied one (its first base may differ); else ValueError naming CHR:POS and both alleles;
+- the written allele takes the case of the sequence at its first base; an indel keeps its anchor base; an insertion
+  does not overwrite an anchor base an earlier record at the same position changed, except in soft-masked sequence
+  (bcftools compares the lower-cased ALT with REF there: G>T then G>GAA gives 'TAA' but 'gaa').
+Not bcftools, by design: symbolic ALTs (<DEL>, <INS>, <*>, *, breakends) are skipped and counted (counts["symbolic"]).
 """
 
 from __future__ import annotations
@@ -19,6 +34,11 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
+
+END = -2  # a vector-end GT slot (the sample has fewer alleles than the record's ploidy)
+IUPAC = {1: "A", 2: "C", 3: "M", 4: "G", 5: "R", 6: "S", 7: "V", 8: "T", 9: "W", 10: "Y", 11: "H", 12: "K", 13: "D"}
+IUPAC |= {14: "B", 15: "N"}
+BITS = {c: b for b, c in IUPAC.items()}
 
 
 class ConsensusWarning(UserWarning):
@@ -36,6 +56,18 @@ class Variant(NamedTuple):
     def from_record(cls, rec) -> Variant:
         """From a pysam VariantRecord (keeps only what consensus needs)."""
         return cls(rec.chrom, rec.start, rec.ref, tuple(rec.alts) if rec.alts else None, rec.id)
+
+
+class Edit(NamedTuple):
+    """What one haplotype applies at one record: REF (None: the current sequence there, see make_edit) -> ALT."""
+
+    chrom: str
+    start: int
+    ref: str | None
+    alt: str
+
+
+MISSING = "missing"  # pick_allele: a missing call that -M turns into the missing character
 
 
 def is_symbolic(alt: str) -> bool:
@@ -68,46 +100,120 @@ def variant_type(ref: str, alt: str) -> tuple[bool, int]:
     return False, (-(re - i + 1) if re - i > ae - i else ae - i + 1)  # MNP / other
 
 
+def _is_ref_type(ref: str, alt: str) -> bool:
+    """htslib's VCF_REF type for an ALT: '.', REF itself, <*>, <X>, <NON_REF>."""
+    if alt in ("<*>", "<X>", "<NON_REF>"):
+        return True
+    if len(ref) == 1 and len(alt) == 1:
+        return alt in ".X" or alt == ref
+    return not is_symbolic(alt) and alt.upper() == ref.upper()
+
+
+def iupac_allele(v: Variant, present: set[int]) -> int | str:
+    """`-H ..Iu` on an unphased GT: the IUPAC merge of the present alleles over the longest present ALT (a string),
+    else the first present ALT index (a symbolic one), else 0 (REF only)."""
+    alleles = (v.ref, *(v.alts or ()))
+    fallback, best, bits = -1, -1, []
+    for i in sorted(present):
+        if fallback <= 0:
+            fallback = i
+        a = alleles[i]
+        if any(c.upper() not in BITS for c in a):
+            continue  # symbolic or not a nucleotide code
+        bits += [0] * (len(a) - len(bits))
+        if i > 0 and (best < 0 or len(a) > len(alleles[best])):
+            best = i
+        for j, c in enumerate(a):
+            bits[j] |= BITS[c.upper()]
+    if best > 0:
+        return "".join(IUPAC[b] for b in bits[: len(alleles[best])])
+    return max(fallback, 0)
+
+
+def pick_allele(
+    v: Variant,
+    slots: Sequence[int | None],  # the record's GT slots for one sample: allele, None ('.') or END
+    unphased_gt: bool,  # the GT counts as unphased: 2+ alleles, not all '|', no END slot (see module docstring)
+    hap: int,  # 1 or 2
+    *,
+    unphased: str = "gt_order",  # "gt_order" (-H 1/2) or "iupac" (-H 1pIu/2pIu)
+    missing: str = "ref",  # "ref" or a character (-M C)
+) -> int | str | None:
+    """The allele `bcftools consensus -H` applies for this haplotype (see module docstring): None (nothing), 0 (REF),
+    k (ALT k), an IUPAC-merged ALT string, or MISSING (apply the missing character)."""
+    n = len(slots)
+    if n == 0:
+        return None
+    if unphased == "iupac" and unphased_gt:
+        present = {a for a in slots if a is not None and a != END}
+        if present:
+            return iupac_allele(v, present)
+        return MISSING if missing != "ref" else None
+    if hap > n:
+        if slots[0] is None or slots[-1] is None:
+            return MISSING if missing != "ref" else None
+        return None  # bcftools: "Can't apply 2-th haplotype"
+    a = slots[hap - 1]
+    if a is None or a == END:
+        return MISSING if missing != "ref" else None
+    return a
+
+
+def make_edit(v: Variant, allele: int | str | None, missing: str = "N") -> Edit | None:
+    """The edit for a picked allele; None when nothing is applied (REF, skipped, or a record without ALT)."""
+    if allele is None or (isinstance(allele, int) and allele == 0):
+        return None
+    alts = v.alts or ()
+    if allele == MISSING:
+        if len(v.ref) > 1 and all(_is_ref_type(v.ref, a) for a in alts):  # e.g. a gVCF block: every base
+            return Edit(v.chrom, v.start, None, missing * len(v.ref))
+        return Edit(v.chrom, v.start, v.ref[0], missing)
+    if isinstance(allele, str):
+        return Edit(v.chrom, v.start, v.ref, allele)
+    if allele > len(alts):
+        raise ValueError(f"{v.chrom}:{v.start + 1}: genotype allele {allele} but the record has {len(alts)} ALT(s)")
+    return Edit(v.chrom, v.start, v.ref, alts[allele - 1])
+
+
+def apply_variants(ref_seq: str, region_start: int, records: Sequence, alleles: Sequence, *, counts=None) -> str:
+    """apply_edits from records (Variant / pysam records) and one ALT index per record (0 = REF, None = missing)."""
+    if len(records) != len(alleles):
+        raise ValueError(f"{len(records)} records but {len(alleles)} alleles; give one allele index per record")
+    counts = counts if counts is not None else Counter()
+    edits = []
+    for rec, a in zip(records, alleles):
+        if a is None or a < 0:
+            counts["missing"] += 1
+        elif a == 0:
+            counts["ref"] += 1
+        else:
+            edits.append(make_edit(Variant(rec.chrom, rec.start, rec.ref, tuple(rec.alts or ())), a))
+    return apply_edits(ref_seq, region_start, edits, counts=counts)
+
+
 def _case_like(allele: str, base: str) -> str:
     return allele.upper() if base.upper() == base else allele.lower()
 
 
-def apply_variants(
-    ref_seq: str,
-    region_start: int,
-    records: Sequence,
-    alleles: Sequence[int | None],
-    *,
-    counts: Counter | None = None,
-) -> str:
-    """The haplotype sequence of region [region_start, region_start + len(ref_seq)) (see module docstring)."""
-    if len(records) != len(alleles):
-        raise ValueError(f"{len(records)} records but {len(alleles)} alleles; give one allele index per record")
+def apply_edits(ref_seq: str, region_start: int, edits: Sequence[Edit | None], *, counts=None) -> str:
+    """The haplotype of region [region_start, region_start + len(ref_seq)) with the edits applied in order."""
     counts = counts if counts is not None else Counter()
-    buf = bytearray(ref_seq.encode("ascii"))
-    region_end = region_start + len(ref_seq)
+    buf = list(ref_seq)
     mod_off = 0  # length change so far: index in buf = pos - region_start + mod_off
-    frz_pos = -1  # last REF base (0-based, reference coordinates) of the last applied variant
+    frz_pos = -1  # last REF base (0-based, reference coordinates) of the last applied edit
     prev_is_insert, prev_base, prev_base_pos = False, "", -1
-    for rec, allele in zip(records, alleles):
-        if allele is None or allele < 0:
-            counts["missing"] += 1
+    for e in edits:
+        if e is None:
             continue
-        if allele == 0:
-            counts["ref"] += 1
-            continue
-        alts = tuple(rec.alts or ())
-        where = f"{rec.chrom}:{rec.start + 1}"
-        if allele > len(alts):
-            raise ValueError(f"{where}: genotype allele {allele} but the record has {len(alts)} ALT allele(s)")
-        ref, alt, pos = rec.ref, alts[allele - 1], rec.start
+        pos, alt, where = e.start, e.alt, f"{e.chrom}:{e.start + 1}"
         if is_symbolic(alt):
             counts["symbolic"] += 1
             continue
+        idx = pos - region_start + mod_off
+        ref = e.ref
+        if ref is None:  # -M on an ALT-less multi-base record: REF is whatever the sequence holds there
+            ref = "\0" * max(0, -idx) + "".join(buf[max(idx, 0) : idx + len(alt)])
         rlen = len(ref)
-        if pos < region_start or pos + rlen > region_end:
-            counts["partial"] += 1
-            continue
         is_indel, var_len = variant_type(ref, alt)
         trim_beg = 1 if is_indel and ref[0] == alt[0] else 0
         if pos <= frz_pos and (pos < frz_pos or not trim_beg or var_len == 0 or prev_is_insert):
@@ -119,31 +225,49 @@ def apply_variants(
                 stacklevel=2,
             )
             continue
-        idx = pos - region_start + mod_off
-        current = buf[idx : idx + rlen].decode()
-        if current.upper() != ref.upper():
-            ok = prev_base_pos == pos and ref[0].upper() == prev_base.upper()
-            ok = ok and (rlen == 1 or current[1:].upper() == ref[1:].upper())
-            if not ok:
-                raise ValueError(
-                    f"{where}: VCF REF {ref!r} does not match the reference sequence {current!r}; "
-                    "the VCF and the FASTA are probably from different genome builds"
-                )
-        alt = _case_like(alt, chr(buf[idx]))
-        len_diff = len(alt) - rlen
+        if idx < 0:  # starts before the region: trim to it
+            k = -idx
+            if rlen < k:  # REF ends before the region (-M rewrote a longer record to its first base)
+                continue
+            counts["trimmed"] += 1
+            if len(alt) > k:
+                pos, rlen, ref, alt, idx = pos + k, rlen - k, ref[k:], alt[k:], 0
+            else:  # keep one base before the region as the anchor of a deletion
+                pos, rlen, ref, alt, idx = pos + k - 1, rlen - k + 1, ref[k - 1 :], alt[-1], -1
+        if rlen > len(buf) - idx:  # reaches past the region end: cut
+            counts["trimmed"] += 1
+            rlen = len(buf) - idx
+            alt = alt[:rlen]
+        if idx > 0 and idx >= len(buf):
+            continue  # nothing of it is left inside the region
+        if idx >= 0:
+            current = "".join(buf[idx : idx + rlen])
+            if current.upper() != ref[:rlen].upper():
+                ok = prev_base_pos == pos and ref[0].upper() == prev_base.upper()
+                ok = ok and (rlen == 1 or current[1:].upper() == ref[1:rlen].upper())
+                if not ok:
+                    raise ValueError(
+                        f"{where}: VCF REF {e.ref!r} (ALT {e.alt!r}) does not match the reference sequence "
+                        f"{current!r}; the VCF and the FASTA are probably from different genome builds"
+                    )
+        alt = _case_like(alt, buf[max(idx, 0)] if buf else "A")
+        alen = len(alt)
+        len_diff = alen - rlen
         if len_diff <= 0:  # substitution or deletion
-            prev_base, prev_base_pos, prev_is_insert = chr(buf[idx + rlen - 1]), pos + rlen - 1, False
-            buf[idx + trim_beg : idx + len(alt)] = alt[trim_beg:].encode()
+            last = idx + rlen - 1
+            prev_base, prev_base_pos, prev_is_insert = buf[last] if 0 <= last < len(buf) else "", pos + rlen - 1, False
+            for i in range(max(trim_beg, -idx), alen):
+                buf[idx + i] = alt[i]
             if len_diff:
-                del buf[idx + len(alt) : idx + rlen]
-        else:  # insertion: keep anchor bases an earlier variant at this position changed
+                del buf[idx + alen : idx + rlen]
+        else:  # insertion: keep an anchor base that an earlier edit at this position changed
             prev_is_insert, prev_base_pos = True, pos
-            buf[idx + rlen : idx + rlen] = b"\0" * len_diff
+            buf[idx + rlen : idx + rlen] = [""] * len_diff
             ibeg = 0
-            while ibeg < min(rlen, len(alt)) and ref[ibeg] == alt[ibeg] and pos + ibeg <= prev_base_pos:
+            while ibeg < alen and ibeg < rlen and ref[ibeg] == alt[ibeg] and pos + ibeg <= prev_base_pos:
                 ibeg += 1
-            buf[idx + ibeg : idx + len(alt)] = alt[ibeg:].encode()
+            buf[idx + ibeg : idx + alen] = list(alt[ibeg:])
         mod_off += len_diff
         frz_pos = pos + rlen - 1
         counts["applied"] += 1
-    return buf.decode("ascii")
+    return "".join(buf)

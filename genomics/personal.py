@@ -1,67 +1,90 @@
-"""Personal haplotype sequences: a reference FASTA + a phased multi-sample VCF, for the regions of a BED (pysam).
+"""Personal haplotype sequences: a reference FASTA + a multi-sample VCF, for already parsed regions (pysam).
 
-    haps = PersonalHaplotypes("ref.fa", "cohort.vcf.gz", "regions.bed")
+    haps = PersonalHaplotypes("ref.fa", "cohort.vcf.gz", read_bed("regions.bed"))
     hap1, hap2 = haps.haplotypes("sub-0001", region_index)      # two strings, reference case kept
+    haps.write_fasta("sub-0001", "out/sub-0001.fa")             # '{region}|hap1', '{region}|hap2' records
 
-Semantics follow `bcftools consensus -H 1` / `-H 2` (the ported rules live in `genomics.consensus`):
-- each haplotype applies the allele its GT lists at that position (ALT index for multi-allelic sites);
-- missing alleles ('.') keep the reference; a haploid GT applies to haplotype 1 only (haplotype 2 keeps the reference,
-  as `bcftools consensus -H 2` does, with a warning);
-- unphased heterozygous genotypes are treated as phased in the listed order (bcftools -H 1/-H 2 does the same); a
-  warning names the first such sample once;
-- a variant overlapping an earlier applied variant on the same haplotype is skipped with a warning, as bcftools does;
-- deviations from bcftools, by design: variants only partly inside a region are skipped and counted (bcftools trims
-  them); symbolic ALTs (<DEL>, <INS>, <*>, *, breakends) are skipped and counted;
-- REF alleles that disagree with the FASTA raise (bcftools errors too): the VCF and FASTA are different builds.
-Soft-masked (lowercase) reference bases keep their case; an applied allele takes the case of the reference base at
-its first position (bcftools rule). Upper-casing is the tokenizer's job.
+Each haplotype equals `samtools faidx ref.fa CHR:START-END | bcftools consensus -s SAMPLE -H 1` (and -H 2) of
+bcftools 1.20 or later, START-END the region 1-based inclusive; the rules are in `genomics.consensus`. In short:
+- each haplotype applies the allele its GT slot lists (ALT index for multi-allelic sites), unphased GTs in the
+  listed order (warned once per sample); unphased="iupac" is `-H 1pIu` / `-H 2pIu`: an unphased GT gives both
+  haplotypes the IUPAC merge of its alleles (A/G -> R);
+- missing alleles ('.', and the absent second allele of a haploid call) keep the reference; missing="N" is `-M N`:
+  the record's first base becomes N instead; a haploid call of an all-haploid record applies to haplotype 1 only;
+- a variant overlapping an earlier applied one on the same haplotype is skipped with a warning;
+- variants reaching across a region edge are trimmed to the region;
+- REF alleles that disagree with the FASTA raise (naming CHR:POS, both alleles and both files);
+- soft-masked (lowercase) bases keep their case; an applied allele takes the case of the base at its first position.
+Not bcftools, by design: symbolic ALTs (<DEL>, <INS>, <*>, *, breakends) are skipped. (bcftools before 1.20 skips a
+deletion that starts before the region instead of trimming it.)
+Contig names may differ between BED, FASTA and VCF in spelling ('chr1' / '1', 'chrM' / 'MT'): `genomics.contigs`
+translates them (one info log line); a region on a contig the FASTA lacks raises ContigError naming its BED line.
 
-For a cohort, each region's records are read once into a genotype matrix (V, S, 2) and every sample's haplotypes are
-built from it; haplotypes are cached per region by their allele vector (identical haplotypes are built once).
-Handles open lazily and are dropped on pickling, so instances can go to dataloader workers.
+For a cohort, each region's records are read once into a (V, S, 2) matrix of the allele each haplotype applies, and
+haplotypes are cached per region by that allele vector (identical haplotypes are built once). Handles open lazily and
+are dropped on pickling, so instances can go to dataloader workers.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from genomics.consensus import ConsensusWarning, Variant, apply_variants, is_symbolic
-from genomics.regions import Region, naming_hint, read_bed
+from genomics.consensus import (
+    END,
+    MISSING,
+    ConsensusWarning,
+    Variant,
+    apply_edits,
+    apply_variants,
+    is_symbolic,
+    make_edit,
+    pick_allele,
+)
+from genomics.contigs import ContigError, ContigNames
+from genomics.fasta_io import write_fasta
+from genomics.regions import Region
 
-__all__ = ["ConsensusWarning", "PersonalHaplotypes", "RegionGenotypes", "Variant", "apply_variants"]
+__all__ = ["ConsensusWarning", "ContigError", "PersonalHaplotypes", "RegionGenotypes", "Variant", "apply_variants"]
 
-MISSING, ABSENT = -1, -2  # allele codes in the genotype matrix: '.' call, no such allele (haploid GT)
+NOTHING, MISSING_CODE, STRING_BASE = 0, -1, -2  # codes: 0 nothing, k ALT k, -1 missing char, <= -2 a merged allele
 _CACHE_MAX = 4096  # cached haplotypes per region before the cache is cleared
+UNPHASED = ("gt_order", "iupac")
 
 
 @dataclass
 class RegionGenotypes:
-    """Every VCF record overlapping one region and all samples' alleles at them."""
+    """Every VCF record overlapping one region and the allele each sample's haplotypes apply there."""
 
     region: Region
     variants: list[Variant]  # in VCF order
-    alleles: np.ndarray  # (V, S, 2) int16: allele index, MISSING or ABSENT
+    codes: np.ndarray  # (V, S, 2) int32: see NOTHING / MISSING_CODE / STRING_BASE
+    strings: list[str]  # merged (IUPAC) alleles, code STRING_BASE - i
     unphased_het: dict[int, str]  # sample column -> first site with an unphased heterozygous call
-    n_partial: int = 0  # sites only partly inside the region (skipped)
-    n_symbolic: int = 0  # sites with a symbolic ALT (skipped when carried)
-    cache: dict = field(default_factory=dict, repr=False)  # allele vector bytes -> haplotype string
+    haploid: dict[int, str]  # sample column -> first site where haplotype 2 has no allele of its own
+    cache: dict = field(default_factory=dict, repr=False)  # code vector bytes -> haplotype string
     ref_seq: str | None = field(default=None, repr=False)  # the region's reference sequence, once read
 
     def growth(self) -> int:
         """Upper bound on how much longer than the region a haplotype can get (sum of the largest insertions)."""
-        end = self.region.end
-        total = 0
+        start, end, total = self.region.start, self.region.end, 0
         for v in self.variants:
-            if v.start < self.region.start or v.start + len(v.ref) > end:
-                continue
-            lens = [len(a) for a in (v.alts or ()) if not is_symbolic(a)]
-            total += max([0, *[n - len(v.ref) for n in lens]])
+            best = 0
+            for a in v.alts or ():
+                if is_symbolic(a):
+                    continue
+                ref_len, alt_len = len(v.ref), len(a)
+                if v.start < start:  # trimmed at the start: both alleles lose the bases before the region
+                    k = start - v.start
+                    ref_len, alt_len = ref_len - k, max(alt_len - k, 1)
+                if v.start + len(v.ref) > end:  # cut at the end: ALT no longer than what is left of REF
+                    alt_len = min(alt_len, ref_len - (v.start + len(v.ref) - end))
+                best = max(best, alt_len - ref_len)
+            total += best
         return total
 
 
@@ -72,15 +95,30 @@ class PersonalHaplotypes:
         self,
         reference: str | Path,
         vcf: str | Path,
-        regions: str | Path | Sequence[Region],
+        regions: Sequence[Region],  # parsed once by the caller (genomics.regions.read_bed)
         *,
-        samples: Sequence[str] | None = None,  # restrict to these VCF samples (faster on large VCFs)
+        samples: Sequence[str] | None = None,  # restrict to these VCF samples
+        unphased: str = "gt_order",  # "gt_order" (-H 1/-H 2) | "iupac" (-H 1pIu/-H 2pIu)
+        missing: str = "ref",  # "ref" | one character for missing alleles (-M N)
+        bed: str | Path | None = None,  # where the regions came from, for messages
     ):
+        if isinstance(regions, str | Path):
+            raise TypeError(
+                f"regions must be parsed Region objects, got the path {str(regions)!r}; "
+                "parse the BED once with genomics.regions.read_bed and pass the list"
+            )
+        if unphased not in UNPHASED:
+            raise ValueError(f"unphased must be one of {UNPHASED}, got {unphased!r}")
+        if missing != "ref" and (len(missing) != 1 or missing.isspace() or missing in ">,"):
+            raise ValueError(f"missing must be 'ref' or one character such as 'N', got {missing!r}")
         self.reference, self.vcf = Path(reference), Path(vcf)
-        self.regions = list(regions) if isinstance(regions, list | tuple) else read_bed(regions)
+        self.regions = list(regions)
+        self.bed = str(bed) if bed is not None else "the regions"
+        self.unphased, self.missing = unphased, missing
         self.sample_subset = list(samples) if samples is not None else None
-        self._fasta = self._vf = None
+        self._fasta = self._vf = self._names = None
         self._samples: list[str] | None = None
+        self._columns: list[int] = []  # VCF column of each sample in self._samples
         self._index: dict[str, int] = {}
         self._genotypes: dict[int, RegionGenotypes] = {}
         self._warned: set[str] = set()
@@ -96,12 +134,24 @@ class PersonalHaplotypes:
             for path, what in ((self.reference, "reference FASTA"), (self.vcf, "VCF")):
                 if not path.exists():
                     raise FileNotFoundError(f"{what} not found: {path}")
-            self._fasta = pysam.FastaFile(str(self.reference))
-            self._vf = pysam.VariantFile(str(self.vcf))
-            if self.sample_subset is not None:
-                self._vf.subset_samples(self.sample_subset)
-            self._samples = list(self._vf.header.samples)
+            fasta, vf = pysam.FastaFile(str(self.reference)), pysam.VariantFile(str(self.vcf))
+            vcf_contigs = [*vf.header.contigs, *(c for c in (vf.index or ()) if c not in vf.header.contigs)]
+            all_samples = list(vf.header.samples)
+            wanted = all_samples if self.sample_subset is None else self.sample_subset
+            try:
+                files = {"bed": self.bed, "fasta": str(self.reference), "vcf": str(self.vcf)}
+                names = ContigNames.resolve(self.regions, fasta.references, vcf_contigs, **files)
+                unknown = [s for s in wanted if s not in all_samples]
+                if unknown:
+                    raise KeyError(f"samples {unknown[:5]} are not samples of the VCF {self.vcf}")
+            except (ContigError, KeyError):
+                fasta.close()
+                vf.close()
+                raise
+            column = {s: j for j, s in enumerate(all_samples)}
+            self._samples, self._columns = list(wanted), [column[s] for s in wanted]
             self._index = {s: i for i, s in enumerate(self._samples)}
+            self._fasta, self._vf, self._names = fasta, vf, names
         return self._fasta, self._vf
 
     def close(self) -> None:
@@ -133,15 +183,16 @@ class PersonalHaplotypes:
         return self._genotypes[i]
 
     def _fetch(self, vf, region: Region):
-        if region.contig not in vf.header.contigs and region.contig not in (vf.index or {}):
+        contig = self._names.vcf(region.contig)
+        if contig is None:
             self._warn_once(
                 f"contig:{region.contig}",
-                f"{self.vcf}: no contig {region.contig!r} (BED line {region.line}); region {region.name} gets the "
-                f"reference for every sample. {naming_hint([region.contig], vf.header.contigs)}",
+                f"{self.vcf}: no contig {region.contig!r} under any spelling (region {region.name}, line "
+                f"{region.line}); it gets the reference for every sample",
             )
             return []
         try:
-            return list(vf.fetch(region.contig, region.start, region.end))
+            return list(vf.fetch(contig, region.start, region.end))
         except ValueError:  # contig in the header but not in the index: no records there
             return []
 
@@ -150,7 +201,7 @@ class PersonalHaplotypes:
         by_region: dict[int, list] = {j: [] for j in range(len(self.regions))}
         by_contig: dict[str, list[int]] = {}
         for j, r in enumerate(self.regions):
-            by_contig.setdefault(r.contig, []).append(j)
+            by_contig.setdefault(self._names.vcf(r.contig), []).append(j)
         vf.reset()
         for rec in vf:
             for j in by_contig.get(rec.chrom, ()):
@@ -162,90 +213,104 @@ class PersonalHaplotypes:
 
     def _build(self, region: Region, records) -> RegionGenotypes:
         n_s = len(self._samples)
-        variants, rows, unphased = [], [], {}
-        n_partial = n_symbolic = 0
+        variants, rows, strings, unphased, haploid = [], [], {}, {}, {}
         for rec in records:
             v = Variant.from_record(rec)
-            if not v.alts:
-                continue  # no ALT: nothing to apply
-            if v.start < region.start or v.start + len(v.ref) > region.end:
-                n_partial += 1
-            if any(is_symbolic(a) for a in v.alts):
-                n_symbolic += 1
-            row = np.full((n_s, 2), MISSING, dtype=np.int16)
-            for j, smp in enumerate(rec.samples.values()):
-                gt = smp.get("GT") or ()
-                for h in range(2):
-                    if h >= len(gt):
-                        row[j, h] = ABSENT
-                    elif gt[h] is not None:
-                        row[j, h] = gt[h]
-                if len(gt) == 2 and not smp.phased and None not in gt and gt[0] != gt[1] and j not in unphased:
-                    unphased[j] = f"{v.chrom}:{v.start + 1}"
+            if not v.alts and self.missing == "ref":
+                continue  # nothing to apply
+            site = f"{v.chrom}:{v.start + 1}"
+            calls = [rec.samples[c] for c in self._columns]
+            gts = [tuple(s.get("GT") or ()) if "GT" in s else None for s in calls]
+            ploidy = max((len(g) for g in gts if g), default=0)
+            if any(g is not None and len(g) < 2 for g in gts):  # the record's ploidy is over all VCF samples
+                ploidy = max(len(s.get("GT") or ()) if "GT" in s else 0 for s in rec.samples.values())
+            row = np.zeros((n_s, 2), dtype=np.int32)
+            for j, (gt, smp) in enumerate(zip(gts, calls)):
+                if not gt:
+                    continue  # no GT: bcftools applies nothing
+                slots = gt + (END,) * (ploidy - len(gt))
+                unphased_gt = len(gt) == ploidy >= 2 and not smp.phased
+                for h in (1, 2):
+                    a = pick_allele(v, slots, unphased_gt, h, unphased=self.unphased, missing=self.missing)
+                    if isinstance(a, str) and a != MISSING:
+                        row[j, h - 1] = STRING_BASE - strings.setdefault(a, len(strings))
+                    elif a == MISSING:
+                        row[j, h - 1] = MISSING_CODE
+                    else:
+                        row[j, h - 1] = a or NOTHING
+                if len(gt) < 2 and gt[0] is not None and j not in haploid:
+                    haploid[j] = site
+                het = len(gt) == 2 and None not in gt and gt[0] != gt[1]
+                if het and not smp.phased and j not in unphased:
+                    unphased[j] = site
             variants.append(v)
             rows.append(row)
-        alleles = np.stack(rows) if rows else np.zeros((0, n_s, 2), dtype=np.int16)  # (V, S, 2)
-        return RegionGenotypes(region, variants, alleles, unphased, n_partial, n_symbolic)
+        codes = np.stack(rows) if rows else np.zeros((0, n_s, 2), dtype=np.int32)  # (V, S, 2)
+        return RegionGenotypes(region, variants, codes, list(strings), unphased, haploid)
 
     # --- haplotypes ---
     def reference_sequence(self, i: int) -> str:
         fasta, _ = self._open()
         r = self.regions[i]
-        if r.contig not in fasta.references:
-            raise ValueError(
-                f"BED line {r.line}: contig {r.contig!r} is not in the reference {self.reference}. "
-                f"{naming_hint([r.contig], fasta.references)}"
-            )
-        seq = fasta.fetch(r.contig, r.start, r.end)
+        contig = self._names.fasta(r.contig)
+        seq = fasta.fetch(contig, r.start, r.end)
         if len(seq) != len(r):
-            raise ValueError(f"BED line {r.line}: region {r.where} runs past the end of {r.contig} in {self.reference}")
+            raise ValueError(f"BED line {r.line}: region {r.where} runs past the end of {contig} in {self.reference}")
         return seq
 
     def haplotypes(self, sample: str, i: int) -> tuple[str, str]:
         """The two haplotype strings of `sample` for region `i` (GT order)."""
         col = self.sample_index(sample)
         g = self.region_genotypes(i)
-        if col in g.unphased_het:
+        if col in g.unphased_het and self.unphased == "gt_order":
             self._warn_once(
                 f"unphased:{sample}",
                 f"{self.vcf}: sample {sample!r} has unphased heterozygous genotypes (first at {g.unphased_het[col]}); "
                 "treating them as phased in the listed order (as bcftools consensus -H 1/-H 2 does)",
             )
+        if col in g.haploid:
+            self._warn_once(
+                f"haploid:{sample}",
+                f"{self.vcf}: sample {sample!r} has haploid genotypes (first at {g.haploid[col]}); haplotype 2 keeps "
+                "the reference there (or the missing character), as bcftools consensus -H 2 does",
+            )
         out = []
         for h in range(2):
-            column = g.alleles[:, col, h]  # (V,)
+            column = g.codes[:, col, h]  # (V,)
             key = column.tobytes()
             if key not in g.cache:
-                if (column == ABSENT).any():
-                    site = g.variants[int(np.argmax(column == ABSENT))]
-                    self._warn_once(
-                        "haploid",
-                        f"{self.vcf}: haploid genotype at {site.chrom}:{site.start + 1} (sample {sample!r}); it is "
-                        "applied to haplotype 1 only, haplotype 2 keeps the reference (bcftools -H 2 does the same)",
-                    )
                 if len(g.cache) >= _CACHE_MAX:
                     g.cache.clear()
-                calls = [None if a < 0 else int(a) for a in column]
                 if g.ref_seq is None:
                     g.ref_seq = self.reference_sequence(i)
+                edits = [self._edit(g, k, int(c)) for k, c in enumerate(column) if c != NOTHING]
                 try:
-                    g.cache[key] = apply_variants(g.ref_seq, g.region.start, g.variants, calls)
+                    g.cache[key] = apply_edits(g.ref_seq, g.region.start, edits)
                 except ValueError as err:
                     raise ValueError(f"{err} (VCF {self.vcf}, reference {self.reference})") from err
             out.append(g.cache[key])
         return out[0], out[1]
 
+    def _edit(self, g: RegionGenotypes, k: int, code: int):
+        v = g.variants[k]
+        if code == MISSING_CODE:
+            return make_edit(v, MISSING, self.missing)
+        return make_edit(v, code if code > 0 else g.strings[STRING_BASE - code])
+
+    def fasta_records(self, sample: str) -> Iterator[tuple[str, str]]:
+        """('{region}|hap1', seq), ('{region}|hap2', seq) for every region, in region order."""
+        for i, r in enumerate(self.regions):
+            for h, seq in enumerate(self.haplotypes(sample, i), start=1):
+                yield f"{r.name}|hap{h}", seq
+
+    def write_fasta(self, sample: str, path: str | Path, *, width: int = 60) -> Path:
+        """`sample`'s haplotypes of every region to one FASTA (atomically; see genomics.fasta_io)."""
+        self.sample_index(sample)
+        return write_fasta(path, self.fasta_records(sample), width=width)
+
     def max_length(self) -> int:
         """Longest haplotype any sample can have: max over regions of (length + largest possible insertion growth)."""
         return max(len(r) + self.region_genotypes(i).growth() for i, r in enumerate(self.regions))
-
-    def site_counts(self) -> Counter:
-        """Sites skipped for every sample: partly outside their region / symbolic ALT (over regions read so far)."""
-        c = Counter()
-        for g in self._genotypes.values():
-            c["partial"] += g.n_partial
-            c["symbolic"] += g.n_symbolic
-        return c
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -4,8 +4,8 @@
     regions = read_bed(path)                  # the same, but any problem raises ValueError listing them all
     problems = check_contigs(regions, lengths, source="reference.fa")   # contigs absent / coordinates past the end
 
-Contig naming ("chr1" vs "1") is the most common mismatch between a VCF, a FASTA and a BED; `naming_hint` turns a set
-of unmatched names into a one-line hint.
+Contig naming ("chr1" vs "1", "chrM" vs "MT") is the most common mismatch between a VCF, a FASTA and a BED; the rules
+live in `genomics.contigs`; `naming_hint` turns a set of unmatched names into a one-line hint.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from genomics.contigs import ContigError, match_contig
 
 
 @dataclass(frozen=True)
@@ -80,30 +82,51 @@ def read_bed(path: str | Path) -> list[Region]:
 
 
 def naming_hint(unmatched: Iterable[str], available: Iterable[str]) -> str:
-    """A hint when names differ only by a 'chr' prefix (e.g. BED '1' vs FASTA 'chr1'); '' otherwise."""
-    available = set(available)
-    unmatched = sorted(set(unmatched))
-    with_chr = [c for c in unmatched if "chr" + c in available]
-    without_chr = [c for c in unmatched if c.startswith("chr") and c[3:] in available]
-    if with_chr:
-        return f"hint: {with_chr[0]!r} exists as {'chr' + with_chr[0]!r}: add the 'chr' prefix (or rename contigs)"
-    if without_chr:
-        c = without_chr[0]
-        return f"hint: {c!r} exists as {c[3:]!r}: drop the 'chr' prefix (or rename contigs)"
+    """A hint when names differ only in spelling ('chr' prefix, chrM vs MT; genomics.contigs rules); '' otherwise."""
+    available = list(available)
+    for c in sorted(set(unmatched)):
+        try:
+            hit = match_contig(c, available)
+        except ContigError:
+            continue
+        if hit is None or hit == c:
+            continue
+        if hit == "chr" + c:
+            how = "add the 'chr' prefix"
+        elif c == "chr" + hit:
+            how = "drop the 'chr' prefix"
+        else:
+            how = "the same contig in another spelling"
+        return f"hint: {c!r} exists as {hit!r}: {how} (or rename contigs)"
     return ""
 
 
-def check_contigs(regions: Iterable[Region], lengths: Mapping[str, int], *, bed: str, source: str) -> list[str]:
-    """Problems of regions against contig lengths (of a FASTA): contig absent (with a naming hint), end past the end."""
+def check_contigs(
+    regions: Iterable[Region], lengths: Mapping[str, int], *, bed: str, source: str, aliases: bool = False
+) -> list[str]:
+    """Problems of regions against contig lengths (of a FASTA): contig absent (with a naming hint), end past the end.
+
+    aliases=True accepts a contig the FASTA has under another spelling ('1' for 'chr1', 'MT' for 'chrM'; see
+    genomics.contigs), as genomics.personal does; the length check then uses that contig."""
     problems = []
     regions = list(regions)
-    absent = [r for r in regions if r.contig not in lengths]
+    names = {}
+    for r in regions:
+        if r.contig not in names:
+            try:
+                exact = r.contig if r.contig in lengths else None
+                names[r.contig] = match_contig(r.contig, lengths) if aliases else exact
+            except ContigError as err:
+                names[r.contig] = ""  # reported here, not again as absent
+                problems.append(f"{bed}:{r.line}: {err}")
+    absent = [r for r in regions if names[r.contig] is None]
     hint = naming_hint((r.contig for r in absent), lengths)
     for r in absent:
         problems.append(f"{bed}:{r.line}: contig {r.contig!r} is not in {source}" + (f"; {hint}" if hint else ""))
     for r in regions:
-        if r.contig in lengths and r.end > lengths[r.contig]:
+        name = names[r.contig]
+        if name and r.end > lengths[name]:
             problems.append(
-                f"{bed}:{r.line}: region {r.where} ends past the end of {r.contig} ({lengths[r.contig]} bp in {source})"
+                f"{bed}:{r.line}: region {r.where} ends past the end of {name} ({lengths[name]} bp in {source})"
             )
     return problems

@@ -1,4 +1,6 @@
-"""Personal haplotypes: hand-made apply_variants cases, parity with bcftools consensus (bundled in pysam), transform."""
+"""Personal haplotypes: hand-made apply_variants cases, parity with bcftools consensus (bundled in pysam), transform.
+
+The installed bcftools / samtools are compared on a corpus of every case type in test_bcftools_parity.py."""
 
 import pickle
 import random
@@ -11,8 +13,10 @@ import pytest
 import torch
 
 from genomics.alphabet import A_ID, C_ID, G_ID, PAD_ID, T_ID
+from genomics.contigs import ContigError, ContigNames, contig_key, match_contig
+from genomics.fasta_io import write_fasta
 from genomics.personal import ConsensusWarning, PersonalHaplotypes, Variant, apply_variants
-from genomics.regions import parse_bed
+from genomics.regions import Region, check_contigs, naming_hint, parse_bed, read_bed
 from genomics.transforms import PersonalSequenceTokens
 
 REF = "ACGTACGTAC"  # region starting at 100
@@ -66,12 +70,16 @@ def test_soft_masked_bases_keep_case():
     assert apply([V(102, "C", "T")], [1], seq=seq) == "ATgtacGTAC"
 
 
-def test_variants_at_region_edges():
+def test_variants_at_region_edges_are_trimmed_to_the_region():
     c = Counter()
-    # first and last base of the region are applied; records reaching outside are skipped and counted
+    # first and last base of the region are applied; records reaching outside are trimmed as bcftools 1.20+ does
     assert apply([V(101, "A", "T"), V(110, "C", "CG")], [1, 1]) == "TCGTACGTACG"
-    assert apply([V(100, "NA", "N"), V(110, "CA", "C")], [1, 1], counts=c) == REF
-    assert c["partial"] == 2
+    assert apply([V(100, "NA", "N"), V(110, "CA", "C")], [1, 1], counts=c) == REF[1:]  # the A deleted, C kept
+    assert c["trimmed"] == 2 and c["applied"] == 2
+    assert apply([V(99, "NNAC", "NNA")], [1]) == "AGTACGTAC"  # the ALT reaches into the region: C deleted
+    assert apply([V(100, "NA", "NAGG")], [1]) == "AGGCGTACGTAC"  # an insertion anchored on the region's first base
+    assert apply([V(109, "ACGT", "A")], [1]) == REF[:9]  # deletion cut at the end
+    assert apply([V(95, "N" * 5 + REF + "T", "N")], [1]) == ""  # the whole region deleted
 
 
 def test_symbolic_alts_are_skipped():
@@ -130,7 +138,7 @@ def _bcftools(tmp_path, seq, region, sample, hap):
 def test_parity_with_bcftools_consensus(tmp_path, seed):
     # random SNVs/indels/overlaps, missing calls, soft-masked bases; odd seeds: unphased and a haploid sample
     seq, samples = _write_cohort(tmp_path, seed, phased=seed % 2 == 0, haploid=seed % 2 == 1)
-    haps = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", tmp_path / "regions.bed")
+    haps = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", read_bed(tmp_path / "regions.bed"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConsensusWarning)
         for i, region in enumerate(haps.regions):
@@ -142,7 +150,7 @@ def test_parity_with_bcftools_consensus(tmp_path, seed):
 @pytest.mark.filterwarnings("ignore:.*overlaps a variant")
 def test_unphased_genotypes_warn_once_naming_the_sample(tmp_path):
     _write_cohort(tmp_path, 1, phased=False)
-    haps = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", tmp_path / "regions.bed")
+    haps = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", read_bed(tmp_path / "regions.bed"))
     with pytest.warns(ConsensusWarning, match="sample 's0' has unphased"):
         haps.haplotypes("s0", 0)
     with warnings.catch_warnings():
@@ -161,7 +169,7 @@ def test_bed_problems_name_the_line(tmp_path):
 @pytest.mark.filterwarnings("ignore:.*overlaps a variant")
 def test_transform_shapes_padding_and_pickling(tmp_path):
     _write_cohort(tmp_path, 2)
-    t = PersonalSequenceTokens(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", tmp_path / "regions.bed")
+    t = PersonalSequenceTokens(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", read_bed(tmp_path / "regions.bed"))
     t = pickle.loads(pickle.dumps(t))  # nothing open yet
     x = t("s1")
     assert x.dtype == torch.long and x.shape == (2, 2, t.length) and t.length >= 100
@@ -171,7 +179,9 @@ def test_transform_shapes_padding_and_pickling(tmp_path):
     assert t("s3").shape == x.shape  # same L for every subject
     t2 = pickle.loads(pickle.dumps(t))  # after use: handles dropped, reopened lazily
     assert torch.equal(t2("s1"), x)
-    short = PersonalSequenceTokens(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", tmp_path / "regions.bed", max_len=64)
+    short = PersonalSequenceTokens(
+        tmp_path / "ref.fa", tmp_path / "v.vcf.gz", read_bed(tmp_path / "regions.bed"), max_len=64
+    )
     assert short("s1").shape == (2, 2, 64)
     with pytest.raises(KeyError, match="'nobody'.*v.vcf.gz"):
         t("nobody")
@@ -187,11 +197,58 @@ def test_unindexed_plain_vcf_gives_the_same_haplotypes(tmp_path):
     ):
         for rec in src:
             out.write(rec)
-    indexed = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", tmp_path / "regions.bed")
-    unindexed = PersonalHaplotypes(tmp_path / "ref.fa", plain, tmp_path / "regions.bed")
+    indexed = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", read_bed(tmp_path / "regions.bed"))
+    unindexed = PersonalHaplotypes(tmp_path / "ref.fa", plain, read_bed(tmp_path / "regions.bed"))
     with pytest.warns(ConsensusWarning, match="no index"):
         unindexed.region_genotypes(0)
     for i in range(2):
         for s in ("s0", "s3"):
             assert unindexed.haplotypes(s, i) == indexed.haplotypes(s, i)
     assert unindexed.max_length() == indexed.max_length()
+
+
+# --- constructor, options, contig naming, FASTA writing ---------------------------------------------------------------
+def test_regions_must_be_parsed_and_options_checked(tmp_path):
+    _write_cohort(tmp_path, 0)
+    with pytest.raises(TypeError, match="read_bed"):
+        PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", tmp_path / "regions.bed")
+    regions = read_bed(tmp_path / "regions.bed")
+    with pytest.raises(ValueError, match="unphased must be"):
+        PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", regions, unphased="random")
+    with pytest.raises(ValueError, match="missing must be"):
+        PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", regions, missing="NN")
+    haps = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", regions, samples=["s3", "s1"])
+    assert haps.samples == ["s3", "s1"]
+    with pytest.raises(KeyError, match="'nobody'"):
+        PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", regions, samples=["nobody"]).sample_index("s0")
+
+
+def test_contig_names_match_across_spellings():
+    assert [contig_key(c) for c in ("chr1", "1", "chrM", "MT", "M", "chrMT", "Chr2")] == ["1", "1", *["MT"] * 4, "2"]
+    assert match_contig("1", ["chr1", "chr2"]) == "chr1" and match_contig("chrM", ["1", "MT"]) == "MT"
+    assert match_contig("chr3", ["chr1"]) is None and match_contig("chr1", ["chr1", "1"]) == "chr1"
+    with pytest.raises(ContigError, match="several"):
+        match_contig("chr1", ["1", "Chr1"])
+    regions = [Region("1", 0, 10, "a", 1), Region("MT", 0, 10, "m", 2), Region("5", 0, 10, "x", 3)]
+    names = ContigNames.resolve(regions[:2], ["chr1", "chrM"], ["1", "MT"])
+    assert (names.fasta("1"), names.vcf("1"), names.fasta("MT")) == ("chr1", "1", "chrM")
+    with pytest.raises(ContigError, match=r"r.bed line 3: region x \(5:1-10\): contig '5' is in neither f.fa or v.vcf"):
+        ContigNames.resolve(regions, ["chr1", "chrM"], ["1"], bed="r.bed", fasta="f.fa", vcf="v.vcf")
+    assert naming_hint(["chrM"], ["MT"]).startswith("hint: 'chrM' exists as 'MT'")
+    assert check_contigs(regions[:2], {"chr1": 5, "chrM": 20}, bed="b", source="f", aliases=True) == [
+        "b:1: region 1:1-10 ends past the end of chr1 (5 bp in f)"
+    ]
+    assert len(check_contigs(regions[:2], {"chr1": 50, "chrM": 20}, bed="b", source="f")) == 2  # exact names only
+
+
+def test_fasta_written_atomically_in_60_base_lines(tmp_path):
+    path = write_fasta(tmp_path / "o" / "x.fa", [("a|hap1", "A" * 130), ("a|hap2", "")])
+    assert path.read_text() == ">a|hap1\n" + "A" * 60 + "\n" + "A" * 60 + "\n" + "A" * 10 + "\n>a|hap2\n"
+
+    def broken():
+        yield "b|hap1", "ACGT"
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_fasta(path, broken())
+    assert path.read_text().startswith(">a|hap1") and [p.name for p in path.parent.iterdir()] == ["x.fa"]
