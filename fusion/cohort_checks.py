@@ -6,6 +6,7 @@ be opened at all raises CohortFatal: nothing downstream could be checked.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import numpy as np
 import pandas as pd
 
 from brain.preprocess import AtlasCoords
-from genomics.regions import Region, check_contigs, naming_hint, parse_bed
+from genomics.contigs import ContigError, match_contig
+from genomics.regions import Region, check_contigs, parse_bed
 
+log = logging.getLogger(__name__)
 MAX_REF_CHECKS = 200  # VCF records compared against the FASTA (a wrong genome build shows up in the first few)
 
 
@@ -91,55 +94,79 @@ def check_reference(path: Path) -> tuple[dict[str, int], object]:
 
 
 def check_regions(path: Path, lengths: dict[str, int], vcf_contigs: set[str], vcf: Path, problems) -> list[Region]:
-    """Usable regions (bad lines and contigs absent from the FASTA dropped, each reported)."""
+    """Usable regions (bad lines and contigs absent from the FASTA under every spelling dropped, each reported).
+
+    Contig spellings are harmonised ('1' <-> 'chr1', 'MT' <-> 'chrM'; genomics.contigs), as the haplotypes are."""
     regions, bed_problems = parse_bed(path)
     problems += [Problem("error", p.split(": ", 1)[0], p.split(": ", 1)[1]) for p in bed_problems]
-    contig_problems = check_contigs(regions, lengths, bed=str(path), source="the reference FASTA")
+    contig_problems = check_contigs(regions, lengths, bed=str(path), source="the reference FASTA", aliases=True)
     problems += [Problem("error", p.split(": ", 1)[0], p.split(": ", 1)[1]) for p in contig_problems]
-    good = [r for r in regions if r.contig in lengths and r.end <= lengths[r.contig]]
-    no_variants = sorted({r.contig for r in good} - vcf_contigs)
+    good = []
+    for r in regions:
+        try:
+            name = match_contig(r.contig, lengths)
+        except ContigError:
+            continue  # reported by check_contigs
+        if name is not None and r.end <= lengths[name]:
+            good.append(r)
+    renamed = sorted({(r.contig, match_contig(r.contig, lengths)) for r in good} - {(r.contig, r.contig) for r in good})
+    if renamed:
+        log.info("%s: contig names harmonised with the reference FASTA: %s", path, renamed[:5])
+    no_variants = sorted({r.contig for r in good if _match(r.contig, vcf_contigs) is None})
     if no_variants and vcf_contigs:
-        hint = naming_hint(no_variants, vcf_contigs)
         problems.append(
             Problem(
-                "warning" if not hint else "error",
+                "warning",
                 str(path),
-                f"contig(s) {no_variants[:5]} have no records in {vcf.name}: those regions get the reference for "
-                f"every subject" + (f"; {hint}" if hint else ""),
+                f"contig(s) {no_variants[:5]} have no records in {vcf.name} under any spelling: those regions get "
+                "the reference for every subject",
             )
         )
     return good
 
 
+def _match(name: str, available) -> str | None:
+    try:
+        return match_contig(name, available)
+    except ContigError:
+        return None
+
+
 def check_vcf_against_reference(vcf_path: Path, vf, vcf_contigs: set[str], fasta, lengths, regions, problems) -> None:
-    """Contig naming between VCF and FASTA, and REF alleles of the first records in the regions against the FASTA."""
-    absent = sorted(vcf_contigs - set(lengths))
-    hint = naming_hint(absent, lengths)
-    if hint or (absent and not vcf_contigs & set(lengths)):
+    """Contig naming between VCF and FASTA (harmonised), and REF alleles of the first records in the regions against
+    the FASTA."""
+    absent = sorted(c for c in vcf_contigs if _match(c, lengths) is None)
+    if absent:
+        hint = "no VCF contig matches the FASTA under any spelling" if len(absent) == len(vcf_contigs) else ""
         problems.append(
-            Problem("error", str(vcf_path), f"contigs {absent[:5]} are not in the reference FASTA; {hint}".rstrip("; "))
+            Problem(
+                "error" if hint else "warning",
+                str(vcf_path),
+                f"contigs {absent[:5]} are not in the reference FASTA" + (f" ({hint}: wrong genome?)" if hint else ""),
+            )
         )
     if vf.index is None:
         return
     checked = 0
     for r in regions:
-        if r.contig not in vf.index:
+        vcf_name, fasta_name = _match(r.contig, vf.index), _match(r.contig, lengths)
+        if vcf_name is None or fasta_name is None:
             continue
-        for rec in vf.fetch(r.contig, r.start, r.end):
+        for rec in vf.fetch(vcf_name, r.start, r.end):
             ref = rec.ref or ""
             if checked >= MAX_REF_CHECKS:
                 return
-            if not ref or rec.start + len(ref) > lengths[r.contig]:
+            if not ref or rec.start + len(ref) > lengths[fasta_name]:
                 continue
             checked += 1
-            fa = fasta.fetch(r.contig, rec.start, rec.start + len(ref))
+            fa = fasta.fetch(fasta_name, rec.start, rec.start + len(ref))
             if fa.upper() != ref.upper():
                 problems.append(
                     Problem(
                         "error",
                         f"{vcf_path}:{rec.chrom}:{rec.pos}",
-                        f"REF {ref!r} differs from the reference FASTA ({fa!r}): the VCF and the FASTA are probably "
-                        "from different genome builds",
+                        f"REF {ref!r} differs from the reference FASTA {fasta.filename.decode()} ({fa!r}) at "
+                        f"{rec.chrom}:{rec.pos}: the VCF and the FASTA are probably from different genome builds",
                     )
                 )
                 return
