@@ -1,6 +1,6 @@
 """Subject id -> token ids of both personal haplotypes of every region: the genomics input of genobrain.
 
-    tokens = PersonalSequenceTokens("ref.fa", "cohort.vcf.gz", "regions.bed")
+    tokens = PersonalSequenceTokens("ref.fa", "cohort.vcf.gz", read_bed("regions.bed"))
     x = tokens("sub-0001")          # LongTensor (R, 2, L): regions x haplotypes (GT order) x positions
 
 Ids come from `genomics.alphabet.encode` (published Caduceus tokenizer ids; N -> [PAD] unless n_as="N"; soft-masked
@@ -32,7 +32,7 @@ class PersonalSequenceTokens:
         self,
         reference: str | Path,
         vcf: str | Path,
-        regions: str | Path | Sequence[Region],
+        regions: Sequence[Region],  # parsed regions (the cohort's, after exclusion; or genomics.regions.read_bed)
         max_len: int | None = None,  # fixed L (crop to the centre / left-pad); None: the rule in the module docstring
         n_as: str = "PAD",  # "PAD": N -> [PAD] (published models' convention); "N": keep the N id
     ):
