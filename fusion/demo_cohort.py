@@ -1,6 +1,7 @@
 """Generate the demo cohort: `python -m fusion.demo_cohort out=DIR [n_subjects=N] [seed=S] [key=value ...]` (Hydra).
 
-Parameters and their meaning: configs/demo/default.yaml (composed by configs/demo_cohort.yaml). Library function:
+Parameters and their meaning: fusion.demo.config.DemoCohortConfig (the `demo` group's `default` option, registered
+by fusion.app.cohort_source; composed at the top level by configs/demo_cohort.yaml). Library function:
 fusion.demo.generate_demo_cohort.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import fusion.app.cohort_source  # noqa: F401  (registers the `demo` config group)
 from fusion.app import CONFIG_DIR
 from fusion.demo.generator import generate_demo_cohort
 

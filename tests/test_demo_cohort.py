@@ -18,6 +18,7 @@ from fusion.cohort import load_cohort
 from fusion.demo import generate_demo_cohort
 from fusion.demo import generator as demo_cohort
 from genomics.alphabet import A_ID
+from genomics.regions import read_bed
 from genomics.transforms import PersonalSequenceTokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +35,33 @@ def truth(demo):
     return json.loads((demo["manifest"].parent / "truth.json").read_text())
 
 
-def test_config_lists_every_parameter_with_its_default():
-    from hydra import compose, initialize_config_dir
+def test_parameters_are_written_once_and_reach_both_entry_points():
+    """DemoCohortConfig is the one source: fusion.demo_cohort's top level and fusion.train's demo group are it."""
+    import dataclasses
+    import inspect
 
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import fusion.app.cohort_source  # noqa: F401  (registers the `demo` group)
+    from fusion.demo.config import DemoCohortConfig, demo_params
+
+    defaults = dataclasses.asdict(DemoCohortConfig())
+    GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("demo_cohort", overrides=["out=somewhere", "n_subjects=7"])
+        train = compose("train", overrides=["demo.n_subjects=50", "demo.tr=3"])
+        with pytest.raises(Exception, match="n_subjects"):
+            compose("train", overrides=["demo.n_subjects=many"])  # typed: a wrong value fails at composition
     params = OmegaConf.to_container(cfg)
     assert params.pop("out") == "somewhere" and params.pop("overwrite") is False
-    assert params == {**demo_cohort.DEFAULTS, "n_subjects": 7}
-    text = (ROOT / "configs" / "demo" / "default.yaml").read_text()
-    for key in demo_cohort.DEFAULTS:  # one comment per key (causal_maf_max shares causal_maf_min's)
-        line = next(ln for ln in text.splitlines() if ln.startswith(f"{key}:"))
-        assert "#" in line or key == "causal_maf_max", key
+    assert params == {**defaults, "n_subjects": 7}
+    assert demo_params(**OmegaConf.to_container(train.demo)) == demo_params(n_subjects=50, tr=3)
+    assert not (ROOT / "configs" / "demo" / "default.yaml").exists()  # no YAML copy of the defaults
+    source = inspect.getsource(DemoCohortConfig)
+    for key in defaults:  # one comment per field
+        line = next(ln for ln in source.splitlines() if ln.strip().startswith(f"{key}:"))
+        assert "  # " in line, key
 
 
 def test_loads_clean_with_strict_validation(demo):
@@ -132,7 +148,7 @@ def test_planted_link_survives_into_haplotype_kmers(demo, truth):
     """In each region's tokenized haplotypes, the count of a causal SNV's ALT 6-mer moves with its dosage, so a linear
     readout of just those 24 entries of the per-region k-mer spectra gives back the factors (R^2 ~ 1; less where
     another variant of the region happens to create or destroy the same 6-mer)."""
-    tokens = PersonalSequenceTokens(demo["reference"], demo["vcf"], demo["regions"])
+    tokens = PersonalSequenceTokens(demo["reference"], demo["vcf"], read_bed(demo["regions"]))
     regions = tokens.haplotypes.regions
     fasta = pysam.FastaFile(str(demo["reference"]))
     features = []  # (region index, ALT base + the 5 reference bases to its right: no other variant within 7 bp)

@@ -1,6 +1,6 @@
 """Write the whole demo cohort (kb/cohort-format.md) into a folder, atomically, and reuse it when it is already there.
 
-    paths = generate_demo_cohort("~/.cache/genobrain/demo", n_subjects=200, seed=0)
+    paths = generate_demo_cohort("~/.cache/genobrain/demo", n_subjects=200, seed=0)  # parameters: DemoCohortConfig
     paths["manifest"], paths["vcf"], paths["reference"], paths["regions"], paths["atlas"], paths["atlas_coords"]
 
 Layout: manifest.csv, reference.fa(.fai), regions.bed, genotypes.vcf.gz(.tbi), atlas.nii.gz, atlas_coords.csv,
@@ -26,46 +26,12 @@ import numpy as np
 import pandas as pd
 
 from fusion.demo import brain, genome
+from fusion.demo.config import demo_params
 from fusion.demo.link import causal_per_region, make_link
 
 log = logging.getLogger(__name__)
 GENERATOR_VERSION = 1
 MARKER = "_COMPLETE.json"
-# every parameter, with its default (configs/demo/default.yaml documents each one; a test keeps the two in sync)
-DEFAULTS: dict = {
-    "seed": 0,
-    "n_subjects": 300,
-    "n_contigs": 4,
-    "contig_length": 50_000,
-    "soft_mask_fraction": 0.15,
-    "n_regions": 16,
-    "region_length": 1000,
-    "region_length_jitter": 100,
-    "variants_per_region": 30,
-    "indel_fraction": 0.15,
-    "max_indel_len": 5,
-    "multiallelic_fraction": 0.05,
-    "missing_rate": 0.0,
-    "n_factors": 8,
-    "causal_per_factor": 3,
-    "causal_maf_min": 0.25,
-    "causal_maf_max": 0.5,
-    "effect_size": 0.2,
-    "base_coupling": 0.0,
-    "max_coupling": 0.45,
-    "n_networks": 9,
-    "sphere_radius_mm": 5.0,
-    "n_volumes": 150,
-    "tr": 2.0,
-    "ar_coef": 0.5,
-    "parcel_noise": 0.7,
-    "voxel_noise": 1.0,
-    "background_signal": 0.3,
-    "baseline": 1000.0,
-    "amplitude": 10.0,
-    "split_fractions": [0.7, 0.15, 0.15],
-    "n_sites": 3,
-}
 FILES = {
     "manifest": "manifest.csv",
     "vcf": "genotypes.vcf.gz",
@@ -74,16 +40,6 @@ FILES = {
     "atlas": "atlas.nii.gz",
     "atlas_coords": "atlas_coords.csv",
 }
-
-
-def demo_params(**params) -> dict:
-    """DEFAULTS updated with `params` (unknown keys are an error), in plain JSON types."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown demo cohort parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
-    merged = {**DEFAULTS, **params}
-    merged["split_fractions"] = [float(f) for f in merged["split_fractions"]]
-    return json.loads(json.dumps(merged))
 
 
 def generate_demo_cohort(out_dir: str | Path, *, overwrite: bool = False, **params) -> dict[str, Path]:

@@ -36,7 +36,6 @@ class CaduceusGenomicsEncoder(nn.Module):
         self,
         n_regions: int,  # R, regions per subject (fixed by the data config)
         checkpoint: str | None = None,  # local folder in the published layout (MaskedLM or backbone); wins if given
-        pretrain: dict | None = None,  # else: kwargs of genomics.caduceus.mlm.ensure_pretrained (its folder is used)
         config: dict | None = None,  # else: CaduceusConfig kwargs of a randomly initialised model
         region_pool: str = "concat",  # "concat" -> R * D | "mean" -> D
         freeze: bool = True,  # frozen backbone (eval mode, no grad)
@@ -50,12 +49,8 @@ class CaduceusGenomicsEncoder(nn.Module):
         super().__init__()
         if region_pool not in ("concat", "mean"):
             raise ValueError(f"region_pool must be 'concat' or 'mean', got {region_pool!r}")
-        if checkpoint is None and pretrain is not None:
-            from genomics.caduceus.mlm import ensure_pretrained
-
-            checkpoint = str(ensure_pretrained(**dict(pretrain)))
         if checkpoint is None and config is None:
-            raise ValueError("give a checkpoint folder, pretrain settings or a config")
+            raise ValueError("give a checkpoint folder (e.g. from experiment=pretrain_caduceus) or a config")
         backbone = Caduceus.from_pretrained(checkpoint) if checkpoint else Caduceus(CaduceusConfig(**dict(config)))
         if ssm_backend is not None:
             backbone.set_ssm_backend(ssm_backend)

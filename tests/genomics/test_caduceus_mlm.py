@@ -1,23 +1,29 @@
-"""MLM pretraining of Caduceus on a FASTA: masking, training, published checkpoint layout, reuse, CLI."""
+"""MLM library pieces for Caduceus pretraining: BERT masking, FASTA windows, reproducible masked windows, RC
+augmentation, masked loss/accuracy. The training (experiment and first-use pretraining): tests/test_pretrain.py."""
 
-import json
+import pickle
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from genomics.alphabet import A_ID, MASK_ID, PAD_ID, T_ID
-from genomics.caduceus import CaduceusForMaskedLM
-from genomics.caduceus.mlm import ensure_pretrained, main, mask_tokens
-
-SMALL = dict(batch_size=4, seq_len=32)
-TINY = dict(d_model=8, n_layer=1, ssm_backend="torch")
+from genomics.alphabet import A_ID, COMPLEMENT_MAP, MASK_ID, PAD_ID, T_ID, encode
+from genomics.caduceus import CaduceusConfig, CaduceusForMaskedLM, reverse_complement
+from genomics.caduceus.mlm import (
+    IGNORE,
+    FastaWindows,
+    MaskedWindows,
+    evaluate_mlm,
+    mask_tokens,
+    masked_lm_sums,
+    rc_augment,
+)
 
 
 @pytest.fixture
 def fasta(tmp_path):
     path = tmp_path / "ref.fa"
-    path.write_text(">chr1\n" + "ACGGTCAT" * 40 + "\n>chr2\n" + "NNNN" + "ACGGTCAT" * 10 + "\n")
+    path.write_text(">chr1\n" + "ACGGTCAT" * 40 + "\n>chr2\n" + "NNNN" + "ACGGTCAT" * 10 + "\n>short\nACGTA\n")
     return path
 
 
@@ -37,35 +43,60 @@ def test_masking_rates_and_labels():
     assert ((inputs >= A_ID) & (inputs <= T_ID) | (inputs == MASK_ID) | (inputs == PAD_ID)).all()
 
 
-def test_pretraining_learns_and_saves_the_published_layout(tmp_path, fasta):
-    out = ensure_pretrained(fasta, tmp_path / "ckpt", TINY | {"d_model": 16}, steps=40, seed=0, lr=2e-2, **SMALL)
-    files = {p.name for p in out.iterdir()}
-    assert files == {"config.json", "model.safetensors", "pretrain.json", "tokenizer_config.json"}
-    keys = load_file(out / "model.safetensors").keys()
-    assert "caduceus.backbone.embeddings.word_embeddings.embedding.weight" in keys and "lm_head.complement_map" in keys
-    record = json.loads((out / "pretrain.json").read_text())
-    assert record["eval_accuracy"] > 0.5  # a periodic sequence: chance is 0.25
-    model = CaduceusForMaskedLM.from_pretrained(out)
-    assert model.config.rcps and model.config.d_model == 16
+def test_fasta_windows_cover_the_contigs_and_travel_to_workers(fasta):
+    windows = FastaWindows(fasta, 16)
+    assert windows.references == ["chr1", "chr2", "short"] and windows.lengths == [320, 84, 5]
+    rng = np.random.default_rng(0)
+    batch = windows.sample(400, rng)  # (B, L)
+    assert batch.shape == (400, 16) and batch.dtype == torch.int64
+    genome = "ACGGTCAT" * 40
+    rows = ["".join("ACGT"[i - A_ID] if i != PAD_ID else "-" for i in row) for row in batch.tolist()]
+    short = "-" * 11 + "ACGTA"  # the 5-base contig, left-padded
+    assert all(r.strip("-") in genome or r == short for r in rows)
+    assert any(r == short for r in rows) and any(r.startswith("-") and r != short for r in rows)  # chr2's N -> [PAD]
+    clone = pickle.loads(pickle.dumps(windows))  # a DataLoader worker's copy opens its own file
+    assert torch.equal(clone.sample(5, np.random.default_rng(1)), windows.sample(5, np.random.default_rng(1)))
 
 
-def test_ensure_pretrained_reuses_a_matching_checkpoint(tmp_path, fasta):
-    out = ensure_pretrained(fasta, tmp_path / "ckpt", TINY, steps=2, seed=0, **SMALL)
-    stamp = (out / "model.safetensors").stat().st_mtime_ns
-    assert ensure_pretrained(fasta, out, TINY, steps=2, seed=0, **SMALL) == out
-    assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused
-    ensure_pretrained(fasta, out, TINY, steps=3, seed=0, **SMALL)
-    assert json.loads((out / "pretrain.json").read_text())["inputs"]["steps"] == 3  # settings changed: retrained
-    fasta.write_text(fasta.read_text().replace("ACGG", "ACGA", 1))
-    ensure_pretrained(fasta, out, TINY, steps=3, seed=0, **SMALL)
-    assert (out / "model.safetensors").stat().st_mtime_ns != stamp  # FASTA content changed: retrained
+def test_masked_windows_depend_on_seed_and_index_only(fasta):
+    windows = FastaWindows(fasta, 32)
+    a, b = MaskedWindows(windows, 50, seed=3), MaskedWindows(FastaWindows(fasta, 32), 50, seed=3)
+    for i in (7, 0, 49, 7):  # any order, any instance: the same item
+        x, y = a[i], b[i]
+        assert all(torch.equal(x[k], y[k]) for k in ("inputs", "labels", "flip"))
+    assert not torch.equal(a[1]["inputs"], MaskedWindows(windows, 50, seed=4)[1]["inputs"])
+    assert not torch.equal(a[1]["inputs"], MaskedWindows(windows, 50, seed=3, stream=1)[1]["inputs"])
+    flips = torch.stack([a[i]["flip"] for i in range(50)])
+    assert 10 < flips.sum() < 40 and len(a) == 50
 
 
-def test_cli(tmp_path, fasta, capsys):
-    out = tmp_path / "cli"
-    main([f"fasta={fasta}", f"out={out}", "steps=2", "seq_len=32", "batch_size=2", "d_model=8", "n_layer=1",
-          "rcps=false", "ssm_backend=torch"])  # fmt: skip
-    assert "eval_accuracy" in capsys.readouterr().out
-    assert not CaduceusForMaskedLM.from_pretrained(out).config.rcps
-    with pytest.raises(SystemExit):
-        main([f"fasta={fasta}", f"out={out}", "not_a_field=1"])
+def test_rc_augment_equals_masking_the_reverse_complement():
+    seq = "ACGGTCATTGCA"
+    ids = torch.from_numpy(encode(seq))[None].repeat(2, 1)  # (2, L)
+    inputs, labels = mask_tokens(ids, torch.Generator().manual_seed(0), mlm_probability=0.5)
+    out_in, out_lab = rc_augment(inputs, labels, torch.tensor([True, False]), COMPLEMENT_MAP)
+    assert torch.equal(out_in[1], inputs[1]) and torch.equal(out_lab[1], labels[1])  # not flipped: unchanged
+    rc = torch.from_numpy(encode(reverse_complement(seq)))
+    sel = out_lab[0] != IGNORE
+    assert torch.equal(sel, (labels[0] != IGNORE).flip(-1))  # the selected positions, mirrored
+    assert torch.equal(out_lab[0][sel], rc[sel])  # labels: the reverse complement's bases
+    assert torch.equal(out_in[0][~sel], rc[~sel])  # inputs: the reverse complement where nothing is masked
+    assert torch.equal(out_in[0][sel] == MASK_ID, (inputs[0][labels[0] != IGNORE] == MASK_ID).flip(-1))
+    back_in, back_lab = rc_augment(out_in, out_lab, torch.tensor([True, False]), COMPLEMENT_MAP)
+    assert torch.equal(back_in, inputs) and torch.equal(back_lab, labels)  # an involution
+
+
+def test_masked_loss_and_accuracy():
+    labels = torch.tensor([[IGNORE, A_ID, T_ID, IGNORE]])
+    logits = torch.full((1, 4, 16), -10.0)
+    logits[0, 1, A_ID] = logits[0, 2, A_ID] = 10.0  # right at position 1, wrong at 2
+    loss, correct, count = masked_lm_sums(logits, labels).tolist()
+    assert (correct, count) == (1, 2) and loss == pytest.approx(20.0, abs=1e-3)
+
+
+def test_evaluate_mlm_of_an_untrained_model_is_near_chance(fasta):
+    model = CaduceusForMaskedLM(CaduceusConfig(d_model=8, n_layer=1, rcps=True, ssm_backend="torch")).train()
+    loader = torch.utils.data.DataLoader(MaskedWindows(FastaWindows(fasta, 32), 32, seed=0), batch_size=8)
+    metrics = evaluate_mlm(model, loader)
+    assert model.training  # its mode is restored
+    assert metrics["eval_accuracy"] < 0.6 and 1.0 < metrics["eval_loss"] < 4.0
