@@ -4,6 +4,7 @@
     cohort_source   data group -> cohort files on disk (a user's, or the generated demo cohort)
     datamodule.py   LightningDataModule over a loaded Cohort
     module.py       LightningModule around fusion.model.AlignmentModel
+    pretrain.py     Caduceus MLM pretraining (experiment=pretrain_caduceus, and the tiny model's first use)
 Entry points (`python -m fusion.train`, `fusion.export`, `fusion.demo_cohort`) are thin Hydra mains over these.
 """
 
