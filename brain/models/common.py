@@ -8,12 +8,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from genomics.freeze import Freezable
 
-class WindowAveragingEncoder(nn.Module):
+
+class WindowAveragingEncoder(Freezable):
     """Encoder base: (B, W, *window) -> (B, output_dim), the mean over windows of `embed` (B*W, *window) -> (B*W, d).
 
-    `backbone` is the upstream-shaped network; `freeze` keeps it in eval mode without gradients. A (B, *window) input
-    (one window, no W axis) is accepted too. `chunk_size` bounds how many windows go through the backbone at once.
+    `backbone` is the upstream-shaped network; `freeze` follows the one freeze rule (genomics.freeze: eval mode, no
+    gradients, no autograd graph). A (B, *window) input (one window, no W axis) is accepted too. `chunk_size` bounds
+    how many windows go through the backbone at once.
     """
 
     window_ndim: int  # number of axes of one window, e.g. 2 for (T, P)
@@ -22,16 +25,8 @@ class WindowAveragingEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, output_dim: int, freeze: bool = False, chunk_size: int | None = None):
         super().__init__()
         self.backbone, self.output_dim = backbone, int(output_dim)
-        self.freeze, self.chunk_size = bool(freeze), chunk_size
-        if self.freeze:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze:
-            self.backbone.eval()
-        return self
+        self.chunk_size = chunk_size
+        self.set_freeze(freeze)
 
     def embed(self, x: Tensor) -> Tensor:  # (N, *window) -> (N, d)
         raise NotImplementedError
@@ -46,7 +41,7 @@ class WindowAveragingEncoder(nn.Module):
             )
         b, w = x.shape[:2]
         flat = x.flatten(0, 1)  # (B*W, *window)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+        with self.no_grad_if_frozen():
             if self.chunk_size is None or flat.shape[0] <= self.chunk_size:
                 z = self.embed(flat)  # (B*W, d)
             else:

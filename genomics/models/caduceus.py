@@ -12,8 +12,9 @@ Input: ids (B, R, H, L), R regions x H haplotypes (2) x L token ids, left-padded
      matrix; R fixed by the data config) | mean ((B, D), for a varying or very large set of regions).
 Identical sequences in a batch (shared reference haplotypes, homozygous regions) are embedded once (`dedup`), and
 sequences go through the model `chunk_size` at a time to bound activation memory. With `freeze=True` (default) the
-backbone runs in eval mode without gradients, and sequence embeddings are memoised in memory by content (blake2b of
-the ids; up to `cache_size` sequences, cleared when weights are loaded), so later epochs cost no backbone passes.
+encoder follows the one freeze rule (genomics.freeze: eval mode, no gradients, no autograd graph), and sequence
+embeddings are memoised in memory by content (blake2b of the ids; up to `cache_size` sequences, cleared when weights
+are loaded), so later epochs cost no backbone passes.
 Otherwise the backbone is fine-tuned, optionally with gradient checkpointing.
 """
 
@@ -22,14 +23,15 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from genomics.caduceus.config import CaduceusConfig
 from genomics.caduceus.embedding import CaduceusEmbedder, CaduceusProjector, pool_strands
 from genomics.caduceus.modeling import Caduceus
+from genomics.freeze import Freezable
 
 
-class CaduceusGenomicsEncoder(nn.Module):
+class CaduceusGenomicsEncoder(Freezable):
     """(B, R, H, L) token ids -> (B, output_dim) subject embedding; see module docstring for the pooling rule."""
 
     def __init__(
@@ -38,7 +40,7 @@ class CaduceusGenomicsEncoder(nn.Module):
         checkpoint: str | None = None,  # local folder in the published layout (MaskedLM or backbone); wins if given
         config: dict | None = None,  # else: CaduceusConfig kwargs of a randomly initialised model
         region_pool: str = "concat",  # "concat" -> R * D | "mean" -> D
-        freeze: bool = True,  # frozen backbone (eval mode, no grad)
+        freeze: bool = True,  # frozen encoder (genomics.freeze: eval mode, no grad), projector included
         chunk_size: int = 16,  # sequences per forward pass
         dedup: bool = True,  # embed identical sequences once
         cache_size: int = 1_000_000,  # frozen only: sequences whose embedding is memoised (0 = no cache)
@@ -57,22 +59,15 @@ class CaduceusGenomicsEncoder(nn.Module):
         if gradient_checkpointing:
             backbone.backbone.gradient_checkpointing = True
         self.embedder = CaduceusEmbedder(backbone, conjoin=not backbone.config.rcps)
-        self.n_regions, self.region_pool, self.freeze = n_regions, region_pool, freeze
+        self.n_regions, self.region_pool = n_regions, region_pool
         self.chunk_size, self.dedup, self.cache_size = chunk_size, dedup, cache_size
         self._cache: dict[bytes, Tensor] = {}  # blake2b(ids) -> (D,) float32 on CPU
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
-        if freeze:
-            backbone.requires_grad_(False)
         d = backbone.config.d_model
         pooled_dim = n_regions * d if region_pool == "concat" else d
         self.projector = CaduceusProjector(pooled_dim) if projector else None
         self.output_dim = self.projector.output_dim if projector else pooled_dim
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze:
-            self.embedder.eval()  # a frozen backbone always runs in eval mode
-        return self
+        self.set_freeze(freeze)  # last: the projector too
 
     def embed_sequences(self, ids: Tensor) -> Tensor:
         """(N, L) ids -> (N, D) strand-invariant sequence embeddings; memoised when frozen."""
@@ -90,7 +85,7 @@ class CaduceusGenomicsEncoder(nn.Module):
         inverse = None
         if self.dedup:
             ids, inverse = torch.unique(ids, dim=0, return_inverse=True)  # (U, L), (N,)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+        with self.no_grad_if_frozen():
             out = torch.cat([pool_strands(self.embedder(c), c) for c in ids.split(self.chunk_size)], dim=0)  # (U, D)
         return out if inverse is None else out[inverse]  # (N, D)
 
