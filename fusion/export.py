@@ -73,7 +73,7 @@ def embed_split(model, loader) -> dict[str, list]:
         rows["brain"].append(z["brain"])
         rows["fused"].append(fuse(z["genomics"], z["brain"]))
     for key in ("genomics", "brain", "fused"):
-        rows[key] = torch.cat(rows[key]).float().numpy() if rows[key] else torch.empty(0, 512).numpy()
+        rows[key] = torch.cat(rows[key]).float().numpy() if rows[key] else torch.empty(0, model.net.embed_dim).numpy()
     return rows
 
 

@@ -1,6 +1,7 @@
-"""Projection heads from an encoder's output_dim into the shared 512-D latent space.
+"""Projection heads from an encoder's output_dim into the shared latent space (out_dim wide: 512, the configs'
+model.embed_dim; both towers' heads must agree, fusion.model.AlignmentModel checks).
 
-ProjectionHead has the CaduceusProjector shape (Linear(in, 1024), GELU, Dropout, Linear(1024, 512), LayerNorm), with an
+ProjectionHead has the CaduceusProjector shape (Linear(in, 1024), GELU, Dropout, Linear(1024, out), LayerNorm), with an
 optional non-affine BatchNorm on its input (as MAE's linear probe), which standardises fixed baseline features whose
 scales differ by orders of magnitude (k-mer frequencies, Fisher-z correlations).
 """

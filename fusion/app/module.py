@@ -1,34 +1,50 @@
 """Lightning wrapper around fusion.model.AlignmentModel: the training loop's steps, logging and optimisation.
 
-Thin on purpose: the model, loss and metrics are library objects; this file wires them to Lightning. Optimiser and
-scheduler arrive as partials from Hydra (lightning-hydra-template style): AdamW, cosine decay with linear warm-up.
+Thin on purpose: the model, loss and metrics are library objects; this file wires them to Lightning. The loss comes
+from the `loss` config group; optimiser and scheduler arrive as partials from Hydra (lightning-hydra-template style):
+AdamW, cosine decay with linear warm-up.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 from torch import nn
 
-from fusion.losses import ClipLoss
 from fusion.metrics import RetrievalMetrics
 from fusion.model import AlignmentModel
 from fusion.optim import param_groups
+
+
+def launch_dir() -> str:
+    """`${launch_dir:}` in configs/paths: the directory the run was started from. Hydra's runtime.cwd inside a job;
+    the process's working directory before any job exists (a multirun's hydra.sweep.dir, which the launcher resolves
+    before Hydra's runtime config is set, so `${hydra:runtime.cwd}` cannot be used there)."""
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
+OmegaConf.register_new_resolver("launch_dir", launch_dir, replace=True)  # every entry point imports this module
 
 
 class AlignmentModule(L.LightningModule):
     def __init__(
         self,
         net: AlignmentModel,
+        loss: nn.Module,  # loss(z_g, z_b, logit_scale) -> scalar: the `loss` group (e.g. fusion.losses.ClipLoss)
         optimizer: Callable,  # partial: optimizer(params) -> torch.optim.Optimizer
         scheduler: Callable | None = None,  # partial: scheduler(optimizer, total_steps=...) -> LR scheduler
-        loss: nn.Module | None = None,
         weight_decay: float = 0.1,
+        embed_dim: int | None = None,  # model.embed_dim, the width the heads must share; None = not checked
     ):
         super().__init__()
+        if embed_dim is not None and net.embed_dim != embed_dim:
+            raise ValueError(f"model.embed_dim is {embed_dim} but the heads output {net.embed_dim}")
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler", "loss"])
-        self.net, self.loss = net, loss if loss is not None else ClipLoss()
+        self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_metrics, self.test_metrics = RetrievalMetrics(), RetrievalMetrics()
 
@@ -81,4 +97,3 @@ class AlignmentModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
