@@ -5,6 +5,7 @@ An encoder is a torch.nn.Module with
     forward(x: Tensor) -> Tensor         # (B, ...) -> (B, d)
 and, optionally,
     fit(inputs: Iterable[Tensor]) -> None  # data-fitted baselines (e.g. tangent connectivity): training split only
+    freeze: bool                         # set by genomics.freeze.Freezable: the tower then trains the head only
 
 Its inputs come from a transform (a plain callable, built from the same Hydra config group):
     genomics transform: transform(subject_id) -> LongTensor (R, H, L)    # regions x haplotypes x tokens

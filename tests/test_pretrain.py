@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from safetensors.torch import load_file
 
 from fusion.app import pretrain
 from fusion.app.build import instantiate_with
-from fusion.train import CONFIG_DIR, train
+from fusion.train import train
 from genomics.caduceus import Caduceus, CaduceusForMaskedLM
 from genomics.checkpoints import sha256_file
 
@@ -38,21 +35,6 @@ def overrides(prefix: str = "", **changes) -> list[str]:
     return [f"{prefix}{k}={v}" for k, v in items.items()] + [f"+{prefix}model.config.ssm_backend=torch"]
 
 
-def compose_train(tmp_path: Path, cache: Path, args: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=args, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.log_dir = str(tmp_path / "logs")
-        cfg.paths.cache_dir = str(cache)
-        cfg.trainer.enable_progress_bar = False
-        cfg.trainer.enable_model_summary = False
-        del cfg.hydra
-    return cfg
-
-
 def write_fasta(path: Path, unit: str = "ACGGTCAT") -> Path:
     path.write_text(">chr1\n" + unit * 40 + "\n>chr2\n" + "NNNN" + unit * 10 + "\n")  # periodic: learnable
     return path
@@ -64,17 +46,19 @@ def fasta(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory, fasta):
+def experiment(tmp_path_factory, fasta, train_config):
     """python -m fusion.train experiment=pretrain_caduceus data.reference=ref.fa (small settings)."""
     tmp = tmp_path_factory.mktemp("experiment")
-    cfg = compose_train(tmp, tmp / "cache", ["experiment=pretrain_caduceus", f"data.reference={fasta}", *overrides()])
+    args = ["experiment=pretrain_caduceus", f"data.reference={fasta}", *overrides()]
+    cfg = train_config(tmp, tmp / "cache", args, tiny=False)
     metrics, objs = train(cfg)
     return tmp / "run", metrics, objs
 
 
-def tiny_cfg(tmp_path: Path, cache: Path, fasta: Path, **changes):
+def tiny_cfg(train_config, tmp_path: Path, cache: Path, fasta: Path, **changes):
     """A genomics=caduceus_tiny run config whose cohort reference is `fasta` (as resolve_cohort would leave it)."""
-    cfg = compose_train(tmp_path, cache, ["genomics=caduceus_tiny", *overrides("genomics.pretrain.", **changes)])
+    args = ["genomics=caduceus_tiny", *overrides("genomics.pretrain.", **changes)]
+    cfg = train_config(tmp_path, cache, args, tiny=False)
     with open_dict(cfg):
         cfg.data.reference = str(fasta)
     return cfg
@@ -98,9 +82,9 @@ def test_experiment_writes_the_published_layout_and_learns(experiment, fasta):
     assert last["hyper_parameters"]["config"]["d_model"] == 16 and last["global_step"] == 40
 
 
-def test_first_use_pretraining_is_the_experiment_and_is_cached(tmp_path, fasta, experiment):
+def test_first_use_pretraining_is_the_experiment_and_is_cached(tmp_path, fasta, experiment, train_config):
     cache = tmp_path / "cache"
-    cfg = tiny_cfg(tmp_path, cache, fasta)
+    cfg = tiny_cfg(train_config, tmp_path, cache, fasta)
     rng = torch.get_rng_state()
     pretrain.resolve_pretrained_encoder(cfg)
     assert torch.equal(torch.get_rng_state(), rng)  # the alignment run's random streams are untouched
@@ -115,25 +99,25 @@ def test_first_use_pretraining_is_the_experiment_and_is_cached(tmp_path, fasta, 
     assert encoder.output_dim == 2 * 16 and encoder.embedder.rcps
 
     stamp = (folder / "pretrain.json").stat().st_mtime_ns
-    again = tiny_cfg(tmp_path, cache, fasta)
+    again = tiny_cfg(train_config, tmp_path, cache, fasta)
     pretrain.resolve_pretrained_encoder(again)
     assert again.genomics.encoder.checkpoint == str(folder) and (folder / "pretrain.json").stat().st_mtime_ns == stamp
-    other = tiny_cfg(tmp_path, cache, fasta, data__steps=2)  # other settings: another folder
+    other = tiny_cfg(train_config, tmp_path, cache, fasta, data__steps=2)  # other settings: another folder
     pretrain.resolve_pretrained_encoder(other)
     changed = write_fasta(tmp_path / "changed.fa", unit="ACGGTCAA")  # other FASTA content: another folder
-    edited = tiny_cfg(tmp_path, cache, changed, data__steps=2)
+    edited = tiny_cfg(train_config, tmp_path, cache, changed, data__steps=2)
     pretrain.resolve_pretrained_encoder(edited)
     folders = {cfg.genomics.encoder.checkpoint, other.genomics.encoder.checkpoint, edited.genomics.encoder.checkpoint}
     assert len(folders) == 3 and sorted(os.listdir(cache / "caduceus_mlm")) == sorted(Path(f).name for f in folders)
-    given = tiny_cfg(tmp_path, cache, Path("/nonexistent.fa"))
+    given = tiny_cfg(train_config, tmp_path, cache, Path("/nonexistent.fa"))
     with open_dict(given):
         given.genomics.encoder.checkpoint = str(folder)
     pretrain.resolve_pretrained_encoder(given)  # a checkpoint is given: no pretraining, the FASTA is not read
     assert given.genomics.encoder.checkpoint == str(folder)
 
 
-def test_first_use_is_atomic_and_survives_a_race(tmp_path, fasta, monkeypatch):
-    cfg = tiny_cfg(tmp_path, tmp_path / "cache", fasta, data__steps=2)
+def test_first_use_is_atomic_and_survives_a_race(tmp_path, fasta, monkeypatch, train_config):
+    cfg = tiny_cfg(train_config, tmp_path, tmp_path / "cache", fasta, data__steps=2)
     node = cfg.genomics.pretrain
     with open_dict(cfg):
         node.data.reference = str(fasta)
@@ -168,16 +152,16 @@ def test_first_use_is_atomic_and_survives_a_race(tmp_path, fasta, monkeypatch):
         checkpoint()
 
 
-def test_pretraining_needs_its_data_group(tmp_path):
-    cfg = compose_train(tmp_path, tmp_path / "cache", ["model=caduceus_mlm"])
+def test_pretraining_needs_its_data_group(tmp_path, train_config):
+    cfg = train_config(tmp_path, tmp_path / "cache", ["model=caduceus_mlm"], tiny=False)
     with pytest.raises(ValueError, match="do not go together"):
         train(cfg)
 
 
-def test_without_a_reference_the_demo_cohort_reference_is_used(tmp_path):
+def test_without_a_reference_the_demo_cohort_reference_is_used(tmp_path, train_config):
     demo = ["demo.n_subjects=2", "demo.n_volumes=5", "demo.n_regions=4", "demo.variants_per_region=5"]
     args = ["experiment=pretrain_caduceus", *demo, *overrides(data__steps=2)]
-    cfg = compose_train(tmp_path, tmp_path / "cache", args)
+    cfg = train_config(tmp_path, tmp_path / "cache", args, tiny=False)
     metrics, _ = train(cfg)
     record = json.loads((tmp_path / "run" / "pretrain.json").read_text())
     assert Path(record["fasta"]).parent.parent == tmp_path / "cache" / "demo_cohort" and record["steps"] == 2

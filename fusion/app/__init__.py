@@ -8,6 +8,20 @@
 Entry points (`python -m fusion.train`, `fusion.export`, `fusion.demo_cohort`) are thin Hydra mains over these.
 """
 
+import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")  # the project's own config tree
+
+
+def launch_dir() -> str:
+    """`${launch_dir:}` in configs/paths: the directory the run was started from. Hydra's runtime.cwd inside a job;
+    the process's working directory before any job exists (a multirun's hydra.sweep.dir, which the launcher resolves
+    before Hydra's runtime config is set, so `${hydra:runtime.cwd}` cannot be used there)."""
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
+OmegaConf.register_new_resolver("launch_dir", launch_dir, replace=True)  # every entry point imports fusion.app

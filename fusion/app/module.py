@@ -7,27 +7,14 @@ AdamW, cosine decay with linear warm-up.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 from torch import nn
 
 from fusion.metrics import RetrievalMetrics
 from fusion.model import AlignmentModel
 from fusion.optim import param_groups
-
-
-def launch_dir() -> str:
-    """`${launch_dir:}` in configs/paths: the directory the run was started from. Hydra's runtime.cwd inside a job;
-    the process's working directory before any job exists (a multirun's hydra.sweep.dir, which the launcher resolves
-    before Hydra's runtime config is set, so `${hydra:runtime.cwd}` cannot be used there)."""
-    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
-
-
-OmegaConf.register_new_resolver("launch_dir", launch_dir, replace=True)  # every entry point imports this module
 
 
 class AlignmentModule(L.LightningModule):
