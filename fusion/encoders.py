@@ -9,7 +9,11 @@ and, optionally,
 
 Its inputs come from a transform (a plain callable, built from the same Hydra config group):
     genomics transform: transform(subject_id) -> LongTensor (R, H, L)    # regions x haplotypes x tokens
-                        ids are the CaduceusTokenizer ids of genomics.alphabet, left-padded with [PAD]
+                        ids are the CaduceusTokenizer ids of genomics.alphabet, left-padded with [PAD];
+                        or, with PersonalSequenceTokens(sites=True), a dict {"ids": (R, H, L), "sites": (R, H, S)}:
+                        the token offset in ids of each VCF site of the region (same s for the same site in every
+                        subject; -1 = padding/cropped), batched by default_collate into {"ids": (B, R, H, L),
+                        "sites": (B, R, H, S)} (site-aware encoders, e.g. CaduceusGenomicsEncoder(pool="sites"))
     brain transform:    transform(fmri_path, train=bool, rng=np.random.Generator|None) -> FloatTensor (W, ...)
                         W windows of the scan in the encoder's native layout (parcel series (W, T, P), SwiFT volumes
                         (W, 1, X, Y, Z, T), BrainMT (W, T, 1, X, Y, Z)); training draws one random window (W=1),
@@ -21,7 +25,10 @@ Cohort facts reach transforms and encoders by constructor parameter name: fusion
               n_regions (R)
     brain:    atlas (label image in memory), labels (sorted atlas labels, the P axis),
               atlas_coords / coords (brain.preprocess.AtlasCoords or None), n_parcels (P)
-so a config never names a cohort file or count. Transforms open nothing until first called and are picklable.
+so a config never names a cohort file or count; then what the transform derives from the data, by the same rule
+(transform.encoder_inputs(), when it has one): GenotypeDosages -> n_sites, train_means; PersonalSequenceTokens(
+sites=True) -> reference_ids (R, L) and reference_sites (R, S), the regions' reference tokenised like a haplotype.
+Transforms open nothing until first called and are picklable.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
     edit = make_edit(variant, allele)                                  # (chrom, start, ref, alt) to apply, or None
     seq = apply_edits(ref_seq, region_start, edits, counts=Counter())  # the haplotype of the region
     seq = apply_variants(ref_seq, region_start, records, alleles)      # the same from ALT indices (0 = REF, None)
+    where = reference_to_haplotype(origin, len(ref_seq))  # ref offset -> haplotype offset; apply_edits(origin=origin)
 
 Choosing the allele (`bcftools consensus -s S -H 1|2`, `-H 1pIu|2pIu`, `-M C`), from the GT slots as htslib stores
 them: a record has as many slots as its most ploid sample; a haploid sample's second slot is vector-end.
@@ -34,6 +35,8 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
+
+import numpy as np
 
 END = -2  # a vector-end GT slot (the sample has fewer alleles than the record's ploidy)
 IUPAC = {1: "A", 2: "C", 3: "M", 4: "G", 5: "R", 6: "S", 7: "V", 8: "T", 9: "W", 10: "Y", 11: "H", 12: "K", 13: "D"}
@@ -195,10 +198,16 @@ def _case_like(allele: str, base: str) -> str:
     return allele.upper() if base.upper() == base else allele.lower()
 
 
-def apply_edits(ref_seq: str, region_start: int, edits: Sequence[Edit | None], *, counts=None) -> str:
-    """The haplotype of region [region_start, region_start + len(ref_seq)) with the edits applied in order."""
+def apply_edits(
+    ref_seq: str, region_start: int, edits: Sequence[Edit | None], *, counts=None, origin: list | None = None
+) -> str:
+    """The haplotype of region [region_start, region_start + len(ref_seq)) with the edits applied in order.
+
+    `origin`, when given (a list, filled in place), gets one entry per base of the haplotype: the offset in ref_seq
+    of the reference base it stands on, or -1 for an inserted base (the coordinate map; see reference_to_haplotype)."""
     counts = counts if counts is not None else Counter()
     buf = list(ref_seq)
+    src = list(range(len(ref_seq))) if origin is not None else None  # parallel to buf: reference offset or -1
     mod_off = 0  # length change so far: index in buf = pos - region_start + mod_off
     frz_pos = -1  # last REF base (0-based, reference coordinates) of the last applied edit
     prev_is_insert, prev_base, prev_base_pos = False, "", -1
@@ -260,9 +269,13 @@ def apply_edits(ref_seq: str, region_start: int, edits: Sequence[Edit | None], *
                 buf[idx + i] = alt[i]
             if len_diff:
                 del buf[idx + alen : idx + rlen]
+                if src is not None:
+                    del src[idx + alen : idx + rlen]
         else:  # insertion: keep an anchor base that an earlier edit at this position changed
             prev_is_insert, prev_base_pos = True, pos
             buf[idx + rlen : idx + rlen] = [""] * len_diff
+            if src is not None:
+                src[idx + rlen : idx + rlen] = [-1] * len_diff
             ibeg = 0
             while ibeg < alen and ibeg < rlen and ref[ibeg] == alt[ibeg] and pos + ibeg <= prev_base_pos:
                 ibeg += 1
@@ -270,4 +283,16 @@ def apply_edits(ref_seq: str, region_start: int, edits: Sequence[Edit | None], *
         mod_off += len_diff
         frz_pos = pos + rlen - 1
         counts["applied"] += 1
+    if src is not None:
+        origin[:] = src
     return "".join(buf)
+
+
+def reference_to_haplotype(origin: Sequence[int], ref_len: int) -> np.ndarray:
+    """(ref_len,) int64: the haplotype offset of each reference base, from apply_edits' `origin`. A deleted base maps
+    to the last kept base before it (a deletion's anchor), or to 0 when none is kept before it."""
+    where = np.full(ref_len, -1, dtype=np.int64)
+    o = np.asarray(origin, dtype=np.int64)
+    kept = np.flatnonzero(o >= 0)
+    where[o[kept]] = kept
+    return np.maximum(np.maximum.accumulate(where), 0) if ref_len else where

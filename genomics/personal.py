@@ -21,8 +21,9 @@ Contig names may differ between BED, FASTA and VCF in spelling ('chr1' / '1', 'c
 translates them (one info log line); a region on a contig the FASTA lacks raises ContigError naming its BED line.
 
 For a cohort, each region's records are read once into a (V, S, 2) matrix of the allele each haplotype applies, and
-haplotypes are cached per region by that allele vector (identical haplotypes are built once). Handles open lazily and
-are dropped on pickling, so instances can go to dataloader workers.
+haplotypes are cached per region by that allele vector (identical haplotypes are built once), with the offset of each
+VCF site in them (`site_offsets`: a coordinate map through the indels before it; `reference_site_offsets`). Handles
+open lazily and are dropped on pickling, so instances can go to dataloader workers.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from genomics.consensus import (
     is_symbolic,
     make_edit,
     pick_allele,
+    reference_to_haplotype,
 )
 from genomics.contigs import ContigError, ContigNames
 from genomics.fasta_io import write_fasta
@@ -67,6 +69,7 @@ class RegionGenotypes:
     unphased_het: dict[int, str]  # sample column -> first site with an unphased heterozygous call
     haploid: dict[int, str]  # sample column -> first site where haplotype 2 has no allele of its own
     cache: dict = field(default_factory=dict, repr=False)  # code vector bytes -> haplotype string
+    offsets: dict = field(default_factory=dict, repr=False)  # code vector bytes -> (V,) site offsets in it
     ref_seq: str | None = field(default=None, repr=False)  # the region's reference sequence, once read
 
     def growth(self) -> int:
@@ -274,22 +277,41 @@ class PersonalHaplotypes:
                 f"{self.vcf}: sample {sample!r} has haploid genotypes (first at {g.haploid[col]}); haplotype 2 keeps "
                 "the reference there (or the missing character), as bcftools consensus -H 2 does",
             )
-        out = []
-        for h in range(2):
-            column = g.codes[:, col, h]  # (V,)
-            key = column.tobytes()
-            if key not in g.cache:
-                if len(g.cache) >= _CACHE_MAX:
-                    g.cache.clear()
-                if g.ref_seq is None:
-                    g.ref_seq = self.reference_sequence(i)
-                edits = [self._edit(g, k, int(c)) for k, c in enumerate(column) if c != NOTHING]
-                try:
-                    g.cache[key] = apply_edits(g.ref_seq, g.region.start, edits)
-                except ValueError as err:
-                    raise ValueError(f"{err} (VCF {self.vcf}, reference {self.reference})") from err
-            out.append(g.cache[key])
+        out = [g.cache[self._build_haplotype(g, i, g.codes[:, col, h])] for h in range(2)]
         return out[0], out[1]
+
+    def site_offsets(self, sample: str, i: int) -> np.ndarray:
+        """(2, V) int64, haplotypes in GT order: where each VCF site of region i (RegionGenotypes.variants, VCF order)
+        sits in that haplotype's string: the offset of the site's first REF base (clipped to the region) after the
+        edits before it. A base deleted by an earlier applied record maps to the last base kept before it; a site's
+        own insertion follows its anchor. The coordinate map of genomics.consensus.apply_edits(origin=...)."""
+        self.haplotypes(sample, i)  # warnings, and both haplotypes built
+        col, g = self.sample_index(sample), self.region_genotypes(i)
+        return np.stack([g.offsets[self._build_haplotype(g, i, g.codes[:, col, h])] for h in range(2)])
+
+    def reference_site_offsets(self, i: int) -> np.ndarray:
+        """(V,) int64: offset of each VCF site of region i in the reference sequence of the region (clipped to it)."""
+        g, r = self.region_genotypes(i), self.regions[i]
+        starts = np.array([v.start - r.start for v in g.variants], dtype=np.int64)
+        return np.clip(starts, 0, max(len(r) - 1, 0))
+
+    def _build_haplotype(self, g: RegionGenotypes, i: int, column: np.ndarray) -> bytes:
+        """Build (once) the haplotype of one allele vector (V,) and its site offsets; returns its cache key."""
+        key = column.tobytes()
+        if key not in g.cache:
+            if len(g.cache) >= _CACHE_MAX:
+                g.cache.clear()
+                g.offsets.clear()
+            if g.ref_seq is None:
+                g.ref_seq = self.reference_sequence(i)
+            edits = [self._edit(g, k, int(c)) for k, c in enumerate(column) if c != NOTHING]
+            origin: list[int] = []
+            try:
+                g.cache[key] = apply_edits(g.ref_seq, g.region.start, edits, origin=origin)
+            except ValueError as err:
+                raise ValueError(f"{err} (VCF {self.vcf}, reference {self.reference})") from err
+            g.offsets[key] = reference_to_haplotype(origin, len(g.ref_seq))[self.reference_site_offsets(i)]
+        return key
 
     def _edit(self, g: RegionGenotypes, k: int, code: int):
         v = g.variants[k]
