@@ -1,7 +1,9 @@
-"""Benchmark of one Mamba-1 mixer on CPU (issue 4): ours vs transformers' MambaMixer vs mambapy, plus Caduceus-PS.
+"""Benchmark of one Mamba-1 mixer on CPU (issue 4): ours vs transformers' MambaMixer vs mambapy.
 
-    python experiments/benchmarks/bench_mixer.py            # L = 1k, 4k, 16k, 131k and the 131k PS model
-    python experiments/benchmarks/bench_mixer.py --quick    # sanity run: L = 1k, 4k, model at 4k
+    python experiments/benchmarks/bench_mixer.py            # L = 1k, 4k, 16k, 131k
+    python experiments/benchmarks/bench_mixer.py --quick    # sanity run: L = 1k, 4k
+
+Whole Caduceus models: experiments/benchmarks/bench_caduceus.py (issue 13).
 
 Mixer: Caduceus size (d_model 256, d_state 16, expand 2, d_conv 4, dt_rank 16), batch 1, inference
 (torch.inference_mode), the same weights in all three:
@@ -15,8 +17,6 @@ just before the first forward (imports, weights and input excluded). A peer whos
 previous length exceeds 80% of the available memory is skipped and reported as such. Times: best of several runs
 after a warm-up (the machine may be shared; best-of is the least disturbed). Outputs are compared with
 transformers' (or, where it did not run, the reference-equal fp32 "ours"): max |diff| / max |ref|.
-Model: Caduceus-PS with the published 131k config (d_model 256, 16 layers, RCPS + BiMamba: 4 mixer passes per
-layer), random weights, one 131,072-token sequence, forward under inference_mode.
 Writes results/mixer[_quick].json and .md.
 """
 
@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 D_MODEL, D_STATE, EXPAND, D_CONV, DT_RANK = 256, 16, 2, 4, 16
-PS_131K = "caduceus-ps_seqlen-131k_d_model-256_n_layer-16"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -104,8 +103,6 @@ def run_case(case: dict, out_dir: Path) -> dict:
     length, impl = case["L"], case["impl"]
     if case.get("threads"):
         torch.set_num_threads(case["threads"])
-    if impl == "model":
-        return _run_model(case, out_dir)
     module = _mixer(impl)
     dtype = torch.bfloat16 if impl == "ours-bf16" else torch.float32
     x = torch.randn(1, length, D_MODEL, generator=torch.Generator().manual_seed(1)).to(dtype)  # (1, L, d_model)
@@ -152,37 +149,6 @@ def run_case(case: dict, out_dir: Path) -> dict:
     return res
 
 
-def _run_model(case: dict, out_dir: Path) -> dict:
-    import torch
-
-    from genomics.caduceus.config import CaduceusConfig
-    from genomics.caduceus.modeling import Caduceus
-
-    torch.manual_seed(0)
-    config = CaduceusConfig.published(PS_131K, ssm_backend="cpu")
-    model = Caduceus(config).eval()
-    dtype = torch.bfloat16 if case.get("bf16") else torch.float32
-    model = model.to(dtype)
-    ids = torch.randint(0, 4, (1, case["L"]), generator=torch.Generator().manual_seed(2)) + 7  # A, C, G, T ids
-    rss0 = _rss_mib()
-    with torch.inference_mode():
-        model(ids[:, :1024])  # JIT load / warm-up at a short length
-        times = []
-        for _ in range(case["model_runs"]):
-            t, c = time.perf_counter(), time.process_time()
-            hidden = model(ids).last_hidden_state  # (1, L, 2 * d_model)
-            times.append((time.perf_counter() - t, time.process_time() - c))
-    assert torch.isfinite(hidden.float()).all()
-    best, cpu = min(times)
-    return dict(
-        impl="model-bf16" if case.get("bf16") else "model", L=case["L"], dtype=str(dtype).removeprefix("torch."),
-        n_layer=config.n_layer, params=sum(p.numel() for p in model.parameters()), runs=len(times),
-        best_s=best, cpu_s=cpu,
-        tokens_per_s=case["L"] / best, peak_mib=_peak_mib(), work_mib=_peak_mib() - rss0,
-        threads=torch.get_num_threads(),
-    )  # fmt: skip
-
-
 # ----------------------------------------------------------------------------------------------------- driver
 
 
@@ -219,12 +185,10 @@ def _agreement(out_dir: Path, length: int, impls: list[str]) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="sanity run: L = 1k, 4k; model at 4k")
+    ap.add_argument("--quick", action="store_true", help="sanity run: L = 1k, 4k")
     ap.add_argument("--lengths", type=int, nargs="*", help="override the mixer lengths")
-    ap.add_argument("--no-model", action="store_true", help="skip the Caduceus-PS model forward")
     ap.add_argument("--impls", nargs="*", default=["ours", "ours-bf16", "transformers", "mambapy"])
     ap.add_argument("--threads", type=int, default=0, help="torch (and numba) threads per case; 0 = torch's default")
-    ap.add_argument("--model-only", action="store_true", help="only the Caduceus-PS model forward")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--_case", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
@@ -235,8 +199,6 @@ def main(argv=None) -> None:
 
     lengths = args.lengths or ([1024, 4096] if args.quick else [1024, 4096, 16384, 131072])
     budget = dict(min_total_s=1.0 if args.quick else 4.0, max_runs=5 if args.quick else 20, threads=args.threads)
-    if args.model_only:
-        lengths = []
     rows, agreement, last_peak = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
@@ -257,16 +219,10 @@ def main(argv=None) -> None:
                 print(json.dumps(r)[:400], flush=True)
             agreement[length] = _agreement(out_dir, length, args.impls)
             print(f"L={length} agreement: {agreement[length]}", flush=True)
-        for length in [] if args.model_only else [4096] if args.quick else [4096, 16384]:
+        for length in [4096] if args.quick else [4096, 16384]:
             case = dict(impl="ours-train", L=length, train_runs=2 if args.quick else 3, threads=args.threads)
             rows.append(_spawn(case, out_dir))
             print(json.dumps(rows[-1]), flush=True)
-        if not args.no_model:
-            model_len = 4096 if args.quick else 131072
-            for bf16 in (False, True):
-                case = dict(impl="model", L=model_len, model_runs=1, bf16=bf16, threads=args.threads)
-                rows.append(_spawn(case, out_dir))
-                print(json.dumps(rows[-1]), flush=True)
 
     meta = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"), host=platform.node(), cpu=_cpu_name(),
@@ -276,7 +232,6 @@ def main(argv=None) -> None:
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     stem = ("mixer_quick" if args.quick else "mixer") + (f"_{args.threads}threads" if args.threads else "")
-    stem += "_model" if args.model_only else ""
     result = dict(meta=meta, rows=rows, agreement={str(k): v for k, v in agreement.items()})
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(result))
@@ -330,7 +285,7 @@ def markdown(result: dict) -> str:
     ]
     by = {(r["impl"], r["L"]): r for r in rows if "tokens_per_s" in r}
     for r in rows:
-        if r["impl"] in ("ours-train", "model", "model-bf16"):
+        if r["impl"] == "ours-train":
             continue
         agree = result["agreement"].get(str(r["L"]), {})
         if "skipped" in r or "error" in r:
@@ -355,23 +310,6 @@ def markdown(result: dict) -> str:
         for r in train:
             lines.append(f"| {r['L']} | fp32 | {r['fwd_s']:.3f} | {r['bwd_s']:.3f} | {r['bwd_over_fwd']:.2f} "
                          f"| {r['peak_mib']:,.0f} | {_load(r)} |")  # fmt: skip
-    models = [r for r in rows if r["impl"].startswith("model")]
-    if models:
-        head = (
-            "| Caduceus-PS (131k config, 16 layers) | L | seconds | cpu s | tokens/s | peak RSS MiB | work MiB | load |"
-        )
-        lines += ["", head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in models:
-            if "error" in r:
-                lines.append(
-                    f"| {r['impl']} | {r['L']} | failed: {r['error'].strip().splitlines()[-1][:100]} | | | | |"
-                )
-                continue
-            cpu = r.get("cpu_s", float("nan"))
-            lines.append(
-                f"| forward, {r['dtype']} | {r['L']:,} | {r['best_s']:.1f} | {cpu:.1f} | {r['tokens_per_s']:,.0f} "
-                f"| {r['peak_mib']:,.0f} | {r['work_mib']:,.0f} | {_load(r)} |"
-            )
     return "\n".join(lines) + "\n"
 
 

@@ -24,12 +24,34 @@ from transformers.modeling_outputs import BaseModelOutputWithNoAttention, Masked
 
 from genomics.caduceus import loading
 from genomics.caduceus.bimamba import BiMambaWrapper
-from genomics.caduceus.blocks import create_block, norm_class
+from genomics.caduceus.blocks import RCPSMambaBlock, RMSNorm, create_block, norm_class
 from genomics.caduceus.config import CaduceusConfig
 from genomics.caduceus.rcps import RCPSAddNormWrapper, RCPSEmbedding, RCPSLMHead, rcps_add_norm, stack_strands
 from genomics.caduceus.tokenizer import reverse_complement_ids
 from genomics.ssm import ops
+from genomics.ssm.block import MambaBlock
 from genomics.ssm.mamba import Mamba
+
+
+def _norm_kind(norm: nn.Module) -> str | None:
+    """The norm kind the fused kernel implements ("rms" or "layer"), else None."""
+    if isinstance(norm, RMSNorm):
+        return "rms"
+    if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and len(norm.normalized_shape) == 1:
+        return "layer"
+    return None
+
+
+def _add_norm(run, H: Tensor, R: Tensor, has_res: bool, s_add: int, sel: int, norm: nn.Module, rcps: bool) -> None:
+    """In place: R += swap^s_add(H) (or R = H); H = norm of R's halves, the RC half with flipped weights."""
+    w = norm.weight.detach()
+    b = None if getattr(norm, "bias", None) is None else norm.bias.detach()
+    if rcps:  # rc(norm(rc(x))) = x normed with flip_C(weight) (and bias): the statistics do not see the order
+        w = torch.stack([w, w.flip(0)])
+        b = None if b is None else torch.stack([b, b.flip(0)])
+    else:
+        w, b = w[None], None if b is None else b[None]
+    run(H, R, has_res, s_add, sel, w, b, norm.eps, _norm_kind(norm) == "rms")
 
 
 class CaduceusEmbeddings(nn.Module):
@@ -64,6 +86,8 @@ class CaduceusMixerModel(nn.Module):
         return norm(residual.to(norm.weight.dtype))  # (B, L, D)
 
     def forward(self, input_ids=None, inputs_embeds=None, output_hidden_states=False) -> tuple[Tensor, list]:
+        if not output_hidden_states and self._can_fuse(inputs_embeds):
+            return self._fused_forward(input_ids, inputs_embeds), []
         hidden = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D | 2D)
         residual, all_hidden = None, []
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -78,6 +102,72 @@ class CaduceusMixerModel(nn.Module):
         if output_hidden_states:
             all_hidden.append(hidden)
         return hidden, all_hidden
+
+    # ------------------------------------------------------------------------------ fused inference (CPU kernel)
+    # The same computation as the layer loop above, for inference on the CPU kernel, on two (B, L, D | 2D) buffers
+    # owned here: H (hidden, then the normed stream, then the mixer output, in place) and R (the residual).
+    # Per block: one kernel adds the residual and norms (RCPS: the half swap and the RC half's flips folded into
+    # indexing and flipped norm weights), then one BiMamba call per strand writes into its half of H
+    # (BiMambaWrapper.forward_into). The fused add-norm's half swap alternates the residual's physical orientation:
+    # `swapped` records whether R holds swap_halves(residual).
+
+    fused_inference = True  # set False to run the module-by-module composition (used by tests and benchmarks)
+    fused_combine_out_proj = True  # one out_proj of the summed directions (False: one per direction, less memory)
+
+    def _can_fuse(self, inputs_embeds) -> bool:
+        if not self.fused_inference:
+            return False
+        embeds_grad = inputs_embeds is not None and inputs_embeds.requires_grad
+        if torch.is_grad_enabled() and (embeds_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        norm_f = self.norm_f.submodule if isinstance(self.norm_f, RCPSAddNormWrapper) else self.norm_f
+        if _norm_kind(norm_f) is None or norm_f.weight.device.type != "cpu":
+            return False
+        dtype = norm_f.weight.dtype
+        if dtype not in (torch.float32, torch.bfloat16, torch.float64):
+            return False
+        if self.residual_in_fp32 and dtype != torch.float32:  # the norm's input rounding is not in the kernel
+            return False
+        for layer in self.layers:
+            if isinstance(layer, RCPSMambaBlock):
+                norm = layer.norm if layer.fused_add_norm else layer.norm.submodule
+                mixer = layer.mixer.submodule
+            elif isinstance(layer, MambaBlock) and layer.drop_path is None and not self.rcps:
+                norm, mixer = layer.norm, layer.mixer
+            else:
+                return False
+            if _norm_kind(norm) is None or not isinstance(mixer, BiMambaWrapper) or not mixer.fused_inference_ok():
+                return False
+        return True
+
+    @torch.no_grad()
+    def _fused_forward(self, input_ids, inputs_embeds) -> Tensor:
+        from genomics.ssm._cpu_launch import run_add_norm
+
+        norm_f = self.norm_f.submodule if isinstance(self.norm_f, RCPSAddNormWrapper) else self.norm_f
+        if inputs_embeds is None:
+            H = self.embeddings(input_ids).to(norm_f.weight.dtype).contiguous()  # (B, L, D | 2D), a fresh tensor
+        else:
+            H = inputs_embeds.to(norm_f.weight.dtype).clone(memory_format=torch.contiguous_format)  # ours to overwrite
+        R = torch.empty_like(H, dtype=torch.float32 if self.residual_in_fp32 else H.dtype)
+        d = H.shape[-1] // 2
+        workspace, combine = {}, self.fused_combine_out_proj  # work buffers shared by all layers
+        swapped = 0  # R holds swap_halves(residual) when 1 (RCPS with the fused add-norm)
+        for i, layer in enumerate(self.layers):
+            if self.rcps:
+                fused = layer.fused_add_norm
+                norm = layer.norm if fused else layer.norm.submodule
+                sel = 1 - swapped if fused else swapped  # which half of R is the forward strand's input
+                _add_norm(run_add_norm, H, R, i > 0, swapped, sel, norm, rcps=True)
+                swapped = sel
+                mixer = layer.mixer.submodule
+                mixer.forward_into(H[..., :d], H[..., :d], combine=combine, workspace=workspace)
+                mixer.forward_into(H[..., d:], H[..., d:], rc=True, combine=combine, workspace=workspace)
+            else:
+                _add_norm(run_add_norm, H, R, i > 0, 0, 0, layer.norm, rcps=False)
+                layer.mixer.forward_into(H, H, combine=combine, workspace=workspace)
+        _add_norm(run_add_norm, H, R, len(self.layers) > 0, swapped, swapped, norm_f, rcps=self.rcps)  # no swap
+        return H  # (B, L, D | 2D)
 
     def _checkpoint(self, layer, hidden, residual):
         func = getattr(self, "_gradient_checkpointing_func", None)

@@ -19,16 +19,20 @@ _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
 
 
 @njit(**_JIT)
-def conv_silu_fwd(xz, x_off, t0, wT, bias, xs, nseg):
+def conv_silu_fwd(xz, x_off, t0, wT, bias, xs, nseg, reverse):
     """xs[b, t] = silu(causal_conv(x))[b, t0 + t] for the T rows of xs (B, T, D); wT (K, D), bias (D,) in the
-    compute dtype; `nseg` parallel time segments per batch."""
+    compute dtype; `nseg` parallel time segments per batch. reverse: the conv of the time-reversed sequence, read
+    back in forward order (anti-causal, taps mirrored: x[t + (K-1) - k], zero past the last row of xz)."""
     Bt, T, D = xs.shape
     seg = (T + nseg - 1) // nseg
     for job in prange(Bt * nseg):
         b, s = job // nseg, job % nseg
         acc = np.empty(D, wT.dtype)
         for t in range(s * seg, min(T, (s + 1) * seg)):
-            _conv_row(xz, x_off, wT, bias, b, t0 + t, acc)
+            if reverse:
+                _conv_row_rev(xz, x_off, wT, bias, b, t0 + t, acc)
+            else:
+                _conv_row(xz, x_off, wT, bias, b, t0 + t, acc)
             out = xs[b, t]
             for c in range(D):
                 st(out, c, acc[c] * sigmoid(acc[c]))
@@ -42,6 +46,19 @@ def _conv_row(xz, x_off, wT, bias, b, t, acc):
         acc[c] = bias[c]
     for k in range(max(0, K - 1 - t), K):
         xr = xz[b, t - (K - 1) + k, x_off : x_off + D]
+        for c in range(D):
+            acc[c] += wT[k, c] * ld(xr, c)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _conv_row_rev(xz, x_off, wT, bias, b, t, acc):
+    """acc = bias + sum_k wT[k] * x[b, t + (K-1) - k] (zero past the end): the reversed sequence's pre-activation."""
+    K, D = wT.shape
+    L = xz.shape[1]
+    for c in range(D):
+        acc[c] = bias[c]
+    for k in range(max(0, t + K - L), K):
+        xr = xz[b, t + (K - 1) - k, x_off : x_off + D]
         for c in range(D):
             acc[c] += wT[k, c] * ld(xr, c)
 

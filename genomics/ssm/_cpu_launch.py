@@ -24,7 +24,7 @@ import numba
 import torch
 from torch import Tensor
 
-from genomics.ssm import _cpu_conv, _cpu_math, _cpu_scan
+from genomics.ssm import _cpu_conv, _cpu_math, _cpu_norm, _cpu_scan
 
 CHUNK = 64  # scan steps between state checkpoints (backward recomputes one chunk at a time)
 FWD_BLOCK_MAX = 256  # channels per forward scan job, at most (state (N, 256) = 16 KiB in L1)
@@ -34,14 +34,15 @@ LOG2E = 1.4426950408889634
 
 def _drop_stale_jit_cache() -> None:
     try:
-        sources = b"".join(Path(m.__file__).read_bytes() for m in (_cpu_math, _cpu_scan, _cpu_conv))
+        sources = b"".join(Path(m.__file__).read_bytes() for m in (_cpu_math, _cpu_scan, _cpu_conv, _cpu_norm))
         digest = hashlib.sha256(sources + numba.__version__.encode()).hexdigest()[:20]
         cache_dir = Path(_cpu_scan.scan_fwd._cache._cache_path)  # numba internals; skipped if they change
         stamp = cache_dir / "_cpu_kernels.stamp"
         if stamp.is_file() and stamp.read_text() == digest:
             return
-        for path in list(cache_dir.glob("_cpu_scan.*.nb[ic]")) + list(cache_dir.glob("_cpu_conv.*.nb[ic]")):
-            path.unlink(missing_ok=True)
+        for name in ("_cpu_scan", "_cpu_conv", "_cpu_norm"):
+            for path in cache_dir.glob(f"{name}.*.nb[ic]"):
+                path.unlink(missing_ok=True)
         stamp.write_text(digest)
     except (OSError, AttributeError):
         pass
@@ -62,7 +63,7 @@ _LAUNCH = threading.Lock()
 
 
 def launch(kernel, *args) -> None:
-    with _LAUNCH:
+    with _LAUNCH, torch.profiler.record_function(f"numba::{kernel.__name__}"):  # named in torch.profiler tables
         kernel(*args)
 
 
@@ -134,20 +135,25 @@ def fwd_block(d_inner: int, batch: int, n_threads: int) -> int:
 
 
 def run_scan(p: ScanParams, u, xbc, b_off, c_off, z, z_off, out, *, dt=None, dt_off=0, z_t0=0, h0=None,
-             ckpt=None, ck0=0):  # fmt: skip
-    """Forward scan on time-major buffers (_cpu_scan.scan_fwd): rows of u / dt / xbc / out are rows z_t0 + t of z;
-    h0 (B, N, D) carries the state in and out; ckpt (B, L_total / CHUNK, N, D) receives checkpoints from ck0."""
+             ckpt=None, ck0=0, out_t0=0, reverse=False, mode=0):  # fmt: skip
+    """Forward scan on time-major buffers (_cpu_scan.scan_fwd): rows t of u / dt / xbc are rows z_t0 + t of z and
+    out_t0 + t of out; h0 (B, N, D) carries the state in and out; ckpt (B, L_total / CHUNK, N, D) receives
+    checkpoints from ck0. reverse: the recurrence runs from the last row to the first (no checkpoints); mode 0 / 1 / 2:
+    out = / += / *= the gated output."""
     n_threads = threads()
     Bt, _, _ = u.shape
     N, d_inner = p.A2t.shape
     ct = p.A2t.dtype
     h0 = torch.zeros(Bt, N, d_inner, dtype=ct) if h0 is None else h0
     has_z, save = z is not None, ckpt is not None
+    if reverse and save:
+        raise NotImplementedError("reverse scans keep no checkpoints (inference only)")
     launch(
         _cpu_scan.scan_fwd,
         np_(u), 0, np_(dummy(u.dtype) if dt is None else dt), np_(p.dtw), dt_off, p.fuse_dt, np_(xbc), b_off, c_off,
         np_(z if has_z else dummy(u.dtype)), z_off, z_t0, has_z, np_(p.A2t), np_(p.Dv), np_(p.bias), p.softplus,
         np_(out), np_(h0), np_(ckpt if save else dummy(ct, 4)), ck0, CHUNK, save, fwd_block(d_inner, Bt, n_threads),
+        out_t0, bool(reverse), int(mode),
     )  # fmt: skip
 
 
@@ -187,9 +193,11 @@ def conv_weights(conv_w: Tensor, conv_b: Tensor | None, ct: torch.dtype):
     return conv_w.detach().reshape(d_inner, -1).t().to(ct).contiguous(), vec(conv_b, d_inner, ct)
 
 
-def run_conv(xzt: Tensor, wT: Tensor, bias: Tensor, xs: Tensor, t0: int = 0) -> None:
-    """xs (B, T, D) = silu(causal_conv(x))[:, t0 : t0 + T], x read from the time-major xzt (B, L, 2D) columns :D."""
-    launch(_cpu_conv.conv_silu_fwd, np_(xzt), 0, t0, np_(wT), np_(bias), np_(xs), nseg(xs.shape[1], threads()))
+def run_conv(xzt: Tensor, wT: Tensor, bias: Tensor, xs: Tensor, t0: int = 0, reverse: bool = False) -> None:
+    """xs (B, T, D) = silu(causal_conv(x))[:, t0 : t0 + T], x read from the time-major xzt (B, L, 2D) columns :D;
+    reverse: the conv of the time-reversed sequence, in forward row order (anti-causal, taps mirrored)."""
+    n = nseg(xs.shape[1], threads())
+    launch(_cpu_conv.conv_silu_fwd, np_(xzt), 0, t0, np_(wT), np_(bias), np_(xs), n, bool(reverse))
 
 
 def run_conv_bwd(xzt: Tensor, wT: Tensor, bias: Tensor, dxs: Tensor, dxz: Tensor):
@@ -200,3 +208,20 @@ def run_conv_bwd(xzt: Tensor, wT: Tensor, bias: Tensor, dxs: Tensor, dxz: Tensor
     db_part = torch.empty(J, d_inner, dtype=wT.dtype)
     launch(_cpu_conv.conv_silu_bwd, np_(xzt), 0, np_(wT), np_(bias), np_(dxs), np_(dxz), 0, np_(dw_part), np_(db_part))
     return dw_part.sum(0).t(), db_part.sum(0)
+
+
+# ------------------------------------------------------------------------------------------- residual add + norm
+
+
+def run_add_norm(h: Tensor, r: Tensor, has_res: bool, s_add: int, sel: int, w: Tensor, b: Tensor | None,
+                 eps: float, rms: bool) -> None:  # fmt: skip
+    """In place on (..., W) streams with contiguous rows (_cpu_norm.add_norm): r = r + swap^s_add(h) (or h), then
+    half k of h = norm with w[k], b[k] of half (sel + k) of r; w, b (nh, W / nh)."""
+    ct = compute_dtype(h.dtype)
+    W = h.shape[-1]
+    w = w.detach().to(ct).contiguous()
+    b = torch.zeros_like(w) if b is None else b.detach().to(ct).contiguous()
+    h2, r2 = h.view(-1, W), r.view(-1, W)
+    n = max(1, min(h2.shape[0] // 64, 8 * threads()))
+    launch(_cpu_norm.add_norm, np_(h2), np_(r2), bool(has_res), int(s_add), int(sel), w.shape[0], np_(w), np_(b),
+           float(eps), bool(rms), n)  # fmt: skip

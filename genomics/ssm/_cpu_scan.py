@@ -34,13 +34,15 @@ _JIT = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
 @njit(**_JIT)
 def scan_fwd(
     u, u_off, dt, dtw, dt_off, fuse_dt, xbc, b_off, c_off, z, z_off, z_t0, has_z, A2t, Dv, bias, delta_softplus,
-    out, h0, ckpt, ck0, chunk, save, CB,
+    out, h0, ckpt, ck0, chunk, save, CB, out_t0, reverse, mode,
 ):  # fmt: skip
-    """out[b, t, c] = gated scan output (see module docstring), jobs of CB channels. Rows t of u, dt, xbc and out
-    are rows z_t0 + t of z; the state starts from h0 (B, N, D) and is written back there (so a long sequence can
-    run tile by tile); checkpoint k of this call is ckpt[b, ck0 + k]. `out` may alias `u` or `dt` (same offsets):
-    each element is read before it is written.
-    fuse_dt: dt[b, t] = xbc[b, t, dt_off : dt_off + R] @ dtw (dtw (R, D) = dt_proj.weight^T), `dt` unused."""
+    """out[b, out_t0 + t, c] = gated scan output (see module docstring), jobs of CB channels. Rows t of u, dt and
+    xbc are rows z_t0 + t of z and out_t0 + t of out; the state starts from h0 (B, N, D) and is written back there
+    (so a long sequence can run tile by tile); checkpoint k of this call is ckpt[b, ck0 + k]. `out` may alias `u`
+    or `dt` (same rows and offsets): each element is read before it is written.
+    fuse_dt: dt[b, t] = xbc[b, t, dt_off : dt_off + R] @ dtw (dtw (R, D) = dt_proj.weight^T), `dt` unused.
+    reverse: the recurrence runs from the last row to the first (a reversed-direction mixer without flipping its
+    input; no checkpoints). mode 0 writes the output, 1 adds it to `out`, 2 multiplies `out` by it."""
     Bt, L, _ = u.shape
     N, D = A2t.shape
     nblk = (D + CB - 1) // CB
@@ -54,7 +56,8 @@ def scan_fwd(
         dl = np.empty(CB, A2t.dtype)  # delta_t
         dbu = np.empty(CB, A2t.dtype)  # delta_t * u_t
         y = np.empty(CB, A2t.dtype)
-        for t in range(L):
+        for i in range(L):
+            t = L - 1 - i if reverse else i
             if save and t % chunk == 0:
                 ckpt[b, ck0 + t // chunk, :, c0 : c0 + w] = h[:, :w]
             ur, xr = u[b, t, u_off + c0 : u_off + c0 + w], xbc[b, t]  # row views
@@ -74,15 +77,21 @@ def scan_fwd(
                     hv = vexp2(dl[c] * A2[n, c]) * h[n, c] + dbu[c] * Bn
                     h[n, c] = hv
                     y[c] += hv * Cn
-            outr = out[b, t, c0 : c0 + w]
             if has_z:
                 zr = z[b, z_t0 + t, z_off + c0 : z_off + c0 + w]
                 for c in range(w):
                     zv = ld(zr, c)
-                    st(outr, c, y[c] * zv * sigmoid(zv))
-            else:
+                    y[c] = y[c] * zv * sigmoid(zv)
+            outr = out[b, out_t0 + t, c0 : c0 + w]
+            if mode == 0:
                 for c in range(w):
                     st(outr, c, y[c])
+            elif mode == 1:
+                for c in range(w):
+                    st(outr, c, ld(outr, c) + y[c])
+            else:
+                for c in range(w):
+                    st(outr, c, ld(outr, c) * y[c])
         h0[b, :, c0 : c0 + w] = h[:, :w]
 
 

@@ -281,3 +281,112 @@ def mamba_mixer_cpu(
         return xzt, t0 - s
 
     return _tiled_forward(xz_rows, Bt, L, sd, *weights, delta_softplus, save=False)[0]
+
+
+# ------------------------------------------------------------------------------------------ bidirectional mixer
+
+
+def _rows(x: Tensor) -> list[Tensor]:
+    """(B, T, C) with contiguous channels -> 2-D (rows, C) views for torch.mm: one when B * T rows are evenly
+    strided, else one per batch."""
+    if x.shape[0] == 1 or x.stride(0) == x.shape[1] * x.stride(1):
+        return [x.view(-1, x.shape[-1]) if x.is_contiguous() else x.reshape(-1, x.shape[-1])]
+    return [x[b] for b in range(x.shape[0])]
+
+
+def _mm_into(x: Tensor, w: Tensor, bias: Tensor | None, out: Tensor, accumulate: bool = False) -> None:
+    """out (B, T, M) (=|+=) x (B, T, K) @ w^T (+ bias); x, out may be strided views with contiguous rows."""
+    for xr, orow in zip(_rows(x), _rows(out), strict=True):
+        if accumulate:
+            orow.addmm_(xr, w.t()) if bias is None else orow.addmm_(xr, w.t()).add_(bias)
+        elif bias is None:
+            torch.mm(xr, w.t(), out=orow)
+        else:
+            torch.addmm(bias, xr, w.t(), out=orow)
+
+
+class Direction:
+    """The per-direction weights of one Mamba-1 mixer (those not shared by a BiMamba pair), prepared for the
+    kernels: conv weight (D, 1, K) and bias, x_proj (R + 2N, D), dt_proj weight (D, R) and bias, A (D, N), D."""
+
+    def __init__(self, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, sd: torch.dtype):
+        ct = K.compute_dtype(sd)
+        self.wT, self.cb = K.conv_weights(conv_w, conv_b, ct)
+        self.x_w = x_proj_w.detach().to(sd)
+        self.p = K.ScanParams(A, D, dt_bias, True, ct, dt_w=dt_proj_w)
+        self.rank, self.N = dt_proj_w.shape[1], A.shape[1]
+
+
+def _buffer(workspace: dict | None, name: str, numel: int, dtype: torch.dtype) -> Tensor:
+    """A flat work buffer of at least `numel` elements, kept in `workspace` (a dict owned by the caller) so that
+    repeated calls reuse memory instead of faulting in fresh pages (kb/cpu-kernel.md, "Memory allocator")."""
+    if workspace is None:
+        return torch.empty(numel, dtype=dtype)
+    buf = workspace.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != dtype:
+        workspace.pop(name, None)
+        buf = workspace[name] = torch.empty(numel, dtype=dtype)
+    return buf
+
+
+def bimamba_cpu(h: Tensor, out: Tensor, in_w: Tensor, in_b: Tensor | None, fwd: Direction | None,
+                rev: Direction | None, out_w: Tensor, out_b: Tensor | None, strategy: str = "add",
+                combine: bool = True, workspace: dict | None = None) -> None:  # fmt: skip
+    """Inference of a BiMamba pair that shares in_proj and out_proj, (B, L, d_model) -> out (B, L, d_model):
+        out = mixer_fwd(h) (+ | *) flip_L(mixer_rev(flip_L(h)))
+    without flipping anything: in_proj is position-wise, so both directions read one xz = in_proj(h), the reversed
+    mixer's conv and scan run backwards over it (kernel indexing), and with "add" the two gated scan outputs are
+    summed before one out_proj (out_proj(a) + out_proj(b) = out_proj(a + b), bias counted twice). `fwd` or `rev`
+    may be None (one direction only). h and out may be strided views of a wider stream (contiguous channels), and
+    out may be h itself: each group of sequences is read whole (in_proj) before its output is written.
+    Memory: xz (G, L, 2 D_in) for a group of G = max(1, FWD_TILE // L) sequences, and with combine=True (and "add")
+    the summed output (G, L, D_in); combine=False applies out_proj per direction instead (no (L, D_in) buffer).
+    `workspace`: a dict in which the work buffers are kept between calls (e.g. the layers of one model forward)."""
+    Bt, L, _ = h.shape
+    sd = K.storage_dtype(h)
+    d2 = in_w.shape[0]
+    d_inner = d2 // 2
+    w_in, b_in = in_w.detach().to(sd), None if in_b is None else in_b.detach().to(sd)
+    w_out, b_out = out_w.detach().to(sd), None if out_b is None else out_b.detach().to(sd)
+    dirs = [(d, rev_) for d, rev_ in ((fwd, False), (rev, True)) if d is not None]
+    combine = combine and strategy == "add" and len(dirs) == 2
+    if combine and b_out is not None:
+        b_out = 2 * b_out
+    G = max(1, min(Bt, FWD_TILE // L))
+    T = min(L, FWD_TILE)
+    ct = K.compute_dtype(sd)
+    xz_buf = _buffer(workspace, "xz", G * L * d2, sd)
+    y_buf = _buffer(workspace, "y", G * L * d_inner, sd) if combine else None
+    xs_buf = _buffer(workspace, "xs", G * T * d_inner, sd)
+    xd_buf = _buffer(workspace, "xd", G * T * max(d.x_w.shape[0] for d, _ in dirs), sd)
+    o_buf = _buffer(workspace, "o", G * T * w_out.shape[0], sd) if strategy != "add" and len(dirs) == 2 else None
+    for b0 in range(0, Bt, G):
+        g = min(G, Bt - b0)
+        xz = xz_buf[: g * L * d2].view(g, L, d2)
+        _mm_into(h[b0 : b0 + g], w_in, b_in, xz)  # (g, L, 2 D_in)
+        y_all = y_buf[: g * L * d_inner].view(g, L, d_inner) if combine else None
+        for i, (d, reverse) in enumerate(dirs):
+            state = torch.zeros(g, d.N, d_inner, dtype=ct)
+            starts = list(range(0, L, T))
+            for t0 in reversed(starts) if reverse else starts:
+                n = min(T, L - t0)
+                xs = xs_buf[: g * n * d_inner].view(g, n, d_inner)
+                xd = xd_buf[: g * n * d.x_w.shape[0]].view(g, n, -1)
+                K.run_conv(xz, d.wT, d.cb, xs, t0, reverse=reverse)  # (g, n, D_in)
+                torch.matmul(xs, d.x_w.t(), out=xd)  # (g, n, R + 2N)
+                if combine:  # first direction writes, second adds; out_proj after the second
+                    K.run_scan(d.p, xs, xd, d.rank, d.rank + d.N, xz, d_inner, y_all, z_t0=t0, h0=state,
+                               out_t0=t0, reverse=reverse, mode=1 if i else 0)  # fmt: skip
+                    if i:
+                        _mm_into(y_all[:, t0 : t0 + n], w_out, b_out, out[b0 : b0 + g, t0 : t0 + n])
+                    continue
+                K.run_scan(d.p, xs, xd, d.rank, d.rank + d.N, xz, d_inner, xs, z_t0=t0, h0=state, reverse=reverse)
+                o = out[b0 : b0 + g, t0 : t0 + n]
+                if i == 0:
+                    _mm_into(xs, w_out, b_out, o)
+                elif strategy == "add":
+                    _mm_into(xs, w_out, b_out, o, accumulate=True)
+                else:
+                    ot = o_buf[: g * n * w_out.shape[0]].view(g, n, -1)
+                    _mm_into(xs, w_out, b_out, ot)
+                    o.mul_(ot)
