@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from brain.errors import BrainInputError
 from brain.windows import cut_windows
 
 
@@ -25,11 +26,11 @@ def load_bold(path: str | Path, *, min_frames: int = 2) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable NIfTI image ({err})") from err
+        raise BrainInputError(f"{path}: not a readable NIfTI image ({err})") from err
     if img.ndim != 4:
-        raise ValueError(f"{path}: expected a 4D BOLD image, got shape {img.shape}")
+        raise BrainInputError(f"{path}: expected a 4D BOLD image, got shape {img.shape}")
     if img.shape[3] < min_frames:
-        raise ValueError(f"{path}: only {img.shape[3]} volumes; need at least {min_frames}")
+        raise BrainInputError(f"{path}: only {img.shape[3]} volumes; need at least {min_frames}")
     data = np.asarray(img.dataobj, dtype=np.float32)
     if not np.isfinite(data).all():
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
@@ -100,7 +101,7 @@ class ParcelTimeSeries:
         img = load_bold(fmri_path)
         series = masker.transform(img).astype(np.float32)  # (T, P')
         if series.shape[1] != self._n_parcels:
-            raise ValueError(
+            raise BrainInputError(
                 f"{fmri_path}: {series.shape[1]} of the atlas's {self._n_parcels} parcels fall inside the scan's field "
                 f"of view; check the scan is in the atlas space"
             )

@@ -22,6 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from brain.errors import BrainInputError
+
 # --------------------------------------------------------------------------------------------- atlas coordinates
 
 
@@ -51,16 +53,16 @@ def read_atlas_coords(path: str | Path | AtlasCoords) -> AtlasCoords:
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = [c for c in ("label", "x", "y", "z") if c not in table.columns]
     if missing:
-        raise ValueError(
+        raise BrainInputError(
             f"{path}: missing column(s) {missing}; need label, x, y, z (MNI mm), got {list(table.columns)}"
         )
     table = table.sort_values("label", kind="stable")
     labels = table["label"].to_numpy().astype(int)
     if len(np.unique(labels)) != len(labels):
-        raise ValueError(f"{path}: duplicate labels in the coordinates table")
+        raise BrainInputError(f"{path}: duplicate labels in the coordinates table")
     xyz = table[["x", "y", "z"]].to_numpy(dtype=np.float32)
     if not np.isfinite(xyz).all():
-        raise ValueError(f"{path}: non-finite coordinates")
+        raise BrainInputError(f"{path}: non-finite coordinates")
     names = [str(n) for n in table["name"]] if "name" in table.columns else None
     return AtlasCoords(labels, xyz, names, str(path))
 

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from brain.errors import BrainInputError
 from brain.parcellation import ParcelTimeSeries, load_bold
 from brain.preprocess import (
     AtlasCoords,
@@ -63,7 +64,7 @@ class BrainLMParcels:
             coords = read_atlas_coords(self.atlas_coords)
             labels = self._parcels.labels
             if not np.array_equal(coords.labels, labels):
-                raise ValueError(
+                raise BrainInputError(
                     f"the atlas has labels {labels[:5].tolist()}... ({len(labels)}) but the coordinates table "
                     f"{coords} lists {coords.labels[:5].tolist()}... ({len(coords.labels)}); they must match"
                 )
@@ -120,7 +121,7 @@ class VolumeWindows:
         data = np.asarray(img.dataobj, dtype=np.float32)  # (X, Y, Z, T), NaN already 0
         mask = foreground_mask(data)
         if not mask.any():
-            raise ValueError(f"{fmri_path}: every voxel is 0 (or NaN); nothing to normalise")
+            raise BrainInputError(f"{fmri_path}: every voxel is 0 (or NaN); nothing to normalise")
         fill = 0.0
         if self.normalize:
             data, fill = znorm_volume(data, mask, background=self.background)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from brain.errors import BrainInputError
+
 
 def window_starts(
     n_frames: int, window: int | None, *, train: bool, n_eval_windows: int, rng, source: str
@@ -15,7 +17,7 @@ def window_starts(
     if window is None:
         return [0]
     if n_frames < window:
-        raise ValueError(
+        raise BrainInputError(
             f"{source}: scan has {n_frames} frames but the encoder needs windows of {window}; "
             f"exclude this subject or lower the window length"
         )

@@ -8,9 +8,10 @@ Every problem is collected before anything is decided, so one run lists them all
 subject. Subjects are paired by id (manifest subject_id == VCF sample name), never by row order; a subject with a
 problem of its own (duplicate id, bad split, fMRI missing / unreadable / not 4D, not in the VCF) is excluded and listed
 with the reason. strict=True raises CohortError (carrying the report) when any error-level problem was found;
-otherwise only fatal problems raise: a file missing or unreadable as a whole, required manifest columns missing, or no
-usable subject left. Without a `split` column, subjects are split by a hash of their id (stable under reordering and
-under adding subjects) with `split_fractions`.
+otherwise only fatal problems raise, after every other file was still checked: a file missing (CohortFileError, also
+a FileNotFoundError) or unreadable as a whole, required manifest columns missing, no usable subject left. `checks`
+picks how deep (cheap for every run; full / deep for `python -m fusion.validate`; kb/validation.md). Without a
+`split` column, subjects are split by a hash of their id (stable under reordering and adding subjects).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ import numpy as np
 import pandas as pd
 
 from brain.preprocess import AtlasCoords
-from fusion import cohort_checks as checks
+from fusion import cohort_checks as checks_
 from fusion.cohort_checks import CohortFatal, Problem
-from genomics.regions import Region
+from fusion.errors import FusionInputError
+from fusion.genome_checks import MAX_REF_CHECKS, check_genome
+from fusion.scan_checks import LEVELS, ScanChecks
+from genomics.regions import Region, parse_bed
 
 SPLITS = ("train", "val", "test")
 REQUIRED = ("subject_id", "fmri")
@@ -34,12 +38,16 @@ SCAN_COLUMNS = ("n_volumes", "t_r")  # read from each scan's header, once, by th
 MAX_LISTED = 50  # problems / excluded subjects printed by summary() (the report keeps all)
 
 
-class CohortError(ValueError):
+class CohortError(FusionInputError):
     """A cohort that cannot be used as given; `report` holds every problem found (None for a fatal file problem)."""
 
     def __init__(self, message: str, report: CohortReport | None = None):
         super().__init__(message)
         self.report = report
+
+
+class CohortFileError(CohortError, FileNotFoundError):
+    """Cohort files missing (the message lists them all, then every other problem found)."""
 
 
 @dataclass
@@ -53,6 +61,7 @@ class CohortReport:
     split_source: str = "manifest"  # "manifest" or "hash of subject_id"
     n_regions: int = 0
     n_parcels: int = 0
+    lines: dict[str, int] = field(default_factory=dict)  # subject id -> its manifest line (for later problems)
 
     @property
     def errors(self) -> list[Problem]:
@@ -66,7 +75,8 @@ class CohortReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def summary(self) -> str:
+    def summary(self, limit: int | None = MAX_LISTED) -> str:
+        """Counts, then the problems (errors first) and the excluded subjects, `limit` of each (None: all)."""
         n_kept = sum(self.split_counts.values())
         splits = ", ".join(f"{s} {self.split_counts.get(s, 0)}" for s in SPLITS)
         lines = [
@@ -74,14 +84,16 @@ class CohortReport:
             f"{self.split_source}); {self.n_regions} regions, {self.n_parcels} parcels",
             f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)" + (":" if self.problems else ""),
         ]
-        lines += [f"  {p}" for p in self.problems[:MAX_LISTED]]
-        if len(self.problems) > MAX_LISTED:
-            lines.append(f"  ... and {len(self.problems) - MAX_LISTED} more (report.problems lists all)")
-        if self.excluded:
-            lines.append(f"excluded subjects ({len(self.excluded)}):")
-            lines += [f"  {sid}: {why}" for sid, why in list(self.excluded.items())[:MAX_LISTED]]
-            if len(self.excluded) > MAX_LISTED:
-                lines.append(f"  ... and {len(self.excluded) - MAX_LISTED} more (report.excluded lists all)")
+        excluded = [f"  {k}: {v}" for k, v in self.excluded.items()]
+        for title, items, attr in (
+            (None, [f"  {p}" for p in self.errors + self.warnings], "problems"),
+            (f"excluded subjects ({len(self.excluded)}):", excluded, "excluded"),
+        ):
+            if title and items:
+                lines.append(title)
+            lines += items[:limit]
+            if limit is not None and len(items) > limit:
+                lines.append(f"  ... and {len(items) - limit} more (report.{attr} lists all, as fusion.validate)")
         if self.vcf_only:
             lines.append(f"{len(self.vcf_only)} VCF sample(s) have no manifest row and are ignored")
         return "\n".join(lines)
@@ -100,6 +112,7 @@ class Cohort:
     labels: np.ndarray  # sorted atlas labels (the P axis)
     coords: AtlasCoords | None = None  # parcel coordinates sorted by label (None without atlas_coords)
     covariates: dict[str, str] = field(default_factory=dict)  # manifest covariate -> "continuous" | "categorical"
+    indexed_reference: Path | None = None  # a link to the FASTA indexed in the cache, when it had no index
 
     @property
     def n_regions(self) -> int:
@@ -119,7 +132,8 @@ class Cohort:
 
     @property
     def reference(self) -> Path:
-        return self.files["reference"]
+        """The FASTA to read: as given, or its indexed link in the cache (cohort_checks.check_reference)."""
+        return self.indexed_reference or self.files["reference"]
 
     def inputs(self, modality: str) -> dict[str, object]:
         """What a modality's transforms and encoders may ask for by constructor parameter name (fusion/encoders.py)."""
@@ -145,6 +159,14 @@ def exclude_short_scans(cohort: Cohort, report: CohortReport, window: int | None
     short = subjects["n_volumes"] < window
     for sid, path, n in subjects.loc[short, ["subject_id", "fmri", "n_volumes"]].itertuples(index=False):
         report.excluded[sid] = f"{path}: {n} volumes, fewer than the brain encoder's window of {window}"
+        where = f"{report.manifest}:{report.lines[sid]}" if sid in report.lines else str(report.manifest)
+        report.problems.append(
+            Problem(
+                "error",
+                where,
+                f"subject {sid!r}: {report.excluded[sid]}; lower brain.transform.window or drop the subject",
+            )
+        )
     if short.any():
         if strict:
             raise CohortError(report.summary(), report)
@@ -173,38 +195,86 @@ def load_cohort(
     *,
     strict: bool = False,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    checks: str = "cheap",
+    root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[Cohort, CohortReport]:
+    """Read and check a cohort (module docstring). `checks`: "cheap" (headers, the first REF sites; what every
+    training run does), "full" (also every REF site, the FASTA's alphabet in the regions, three volumes per scan) or
+    "deep" (every volume); kb/validation.md. `root`: every cohort file and fMRI path must resolve inside it.
+    `cache_dir`: where a FASTA without an index gets one (never beside the FASTA)."""
+    if checks not in LEVELS:
+        raise ValueError(f"checks must be one of {LEVELS}, got {checks!r}")
     files = {"manifest": manifest, "vcf": vcf, "reference": reference, "regions": regions, "atlas": atlas}
     if atlas_coords is not None:
         files["atlas_coords"] = atlas_coords
     files = {k: Path(v).expanduser() for k, v in files.items()}
-    missing = [f"{k}: {p}" for k, p in files.items() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError("cohort file(s) not found:\n  " + "\n  ".join(missing))
+    root = Path(root).expanduser().resolve() if root is not None else None
     report = CohortReport(files["manifest"])
     problems = report.problems
-    try:
-        table = checks.read_table(files["manifest"], "manifest")
-        absent = [c for c in REQUIRED if c not in table.columns]
-        if absent:
-            raise CohortFatal(
-                f"{files['manifest']}: missing column(s) {absent}; the manifest needs subject_id and fmri "
-                f"(and optionally split and covariates), got {list(table.columns)}"
+    missing = [k for k, p in files.items() if not p.is_file()]
+    for key in missing:
+        problems.append(Problem("error", str(files[key]), f"{key} file not found (data.{key}=...)"))
+    unusable = set(missing)
+    for key, path in files.items():
+        if root is not None and key not in missing and not checks_.inside(path, root):
+            problems.append(Problem("error", str(path), f"resolves to {path.resolve()}, outside data.root={root}"))
+            unusable.add(key)
+
+    def attempt(key: str, fn, *args):
+        """fn(*args), or None when the file is unusable (a CohortFatal becomes its problem)."""
+        if key in unusable:
+            return None
+        try:
+            return fn(*args)
+        except CohortFatal as err:
+            where, _, message = str(err).partition(": ")
+            problems.append(Problem("error", where, message))
+            unusable.add(key)
+            return None
+
+    table = attempt("manifest", checks_.read_table, files["manifest"], "manifest")
+    absent = [c for c in REQUIRED if table is not None and c not in table.columns]
+    if absent:
+        problems.append(
+            Problem(
+                "error",
+                str(files["manifest"]),
+                f"missing column(s) {absent}; the manifest needs subject_id and fmri (and optionally split and "
+                f"covariates), got {list(table.columns)}",
             )
-        samples, vcf_contigs, vf = checks.check_vcf(files["vcf"], problems)
-        lengths, fasta = checks.check_reference(files["reference"])
-        regions = checks.check_regions(files["regions"], lengths, vcf_contigs, files["vcf"], problems)
-        checks.check_vcf_against_reference(files["vcf"], vf, vcf_contigs, fasta, lengths, regions, problems)
-        vf.close()
-        fasta.close()
-        atlas_img, labels = checks.check_atlas(files["atlas"], problems)
-        coords = None
-        if "atlas_coords" in files:
-            coords = checks.check_coords(files["atlas_coords"], files["atlas"], labels, problems)
-    except CohortFatal as err:
-        raise CohortError(str(err)) from err
-    subjects = _check_subjects(table, files["manifest"], set(samples), split_fractions, report)
-    report.vcf_only = sorted(set(samples) - set(table["subject_id"].dropna().str.strip()))
+        )
+        unusable.add("manifest")
+    samples, vcf_contigs, vf = attempt("vcf", checks_.check_vcf, files["vcf"], problems) or (None, set(), None)
+    lengths, fasta, indexed = attempt("reference", checks_.check_reference, files["reference"], cache_dir) or (
+        None, None, None
+    )  # fmt: skip
+    regions: list[Region] = []
+    if lengths is not None and "regions" not in unusable:
+        regions = checks_.check_regions(files["regions"], lengths, vcf_contigs, files["vcf"], problems)
+        checks_.check_vcf_contigs(files["vcf"], vcf_contigs, lengths, problems)
+        full = checks != "cheap"
+        check_genome(
+            files["vcf"], vf, fasta, files["reference"], lengths, regions, problems,
+            max_sites=None if full else MAX_REF_CHECKS, alphabet=full,
+        )  # fmt: skip
+    elif "regions" not in unusable:  # no usable FASTA: the BED's own lines are still checked
+        problems += [Problem("error", *p.split(": ", 1)) for p in parse_bed(files["regions"])[1]]
+    for handle in (vf, fasta):
+        if handle is not None:
+            handle.close()
+    atlas_img, labels = attempt("atlas", checks_.check_atlas, files["atlas"], problems) or (None, np.array([], int))
+    coords = None
+    if "atlas_coords" in files:
+        coords = attempt("atlas_coords", checks_.check_coords, files["atlas_coords"], files["atlas"], labels, problems)
+    scans = ScanChecks(atlas_img, labels, checks) if atlas_img is not None else None
+    subjects = pd.DataFrame(columns=[*REQUIRED, "split", *SCAN_COLUMNS])
+    if "manifest" not in unusable:
+        subjects = _check_subjects(table, files["manifest"], samples, split_fractions, report, scans, root)
+        if samples is not None:
+            report.vcf_only = sorted(set(samples) - set(table["subject_id"].dropna().str.strip()))
+    if scans is not None:
+        problems += scans.problems(str(files["manifest"]))
     if report.vcf_only:
         problems.append(
             Problem(
@@ -215,6 +285,11 @@ def load_cohort(
         )
     report.split_counts = {s: int((subjects["split"] == s).sum()) for s in SPLITS}
     report.n_regions, report.n_parcels = len(regions), len(labels)
+    if missing:
+        listed = "\n  ".join(f"{k}: {files[k]}" for k in missing)
+        raise CohortFileError(f"cohort file(s) not found:\n  {listed}\n{report.summary()}", report)
+    if unusable:
+        raise CohortError(f"cohort cannot be used ({', '.join(sorted(unusable))}):\n{report.summary()}", report)
     if strict and report.errors:
         raise CohortError(f"cohort has {len(report.errors)} error(s) (strict=True):\n{report.summary()}", report)
     if subjects.empty:
@@ -225,22 +300,32 @@ def load_cohort(
         if c not in (*REQUIRED, "split", *SCAN_COLUMNS)
     }
     cohort = Cohort(files, subjects, regions, lengths, atlas_img, labels, coords, covariates)
+    cohort.indexed_reference = indexed if indexed != files["reference"] else None
     return cohort, report
 
 
-def _check_subjects(table, manifest: Path, samples: set[str], split_fractions, report: CohortReport) -> pd.DataFrame:
-    """Manifest rows -> usable subjects; every per-subject problem reported and the subject excluded."""
+def _check_subjects(
+    table, manifest: Path, samples: list[str] | None, split_fractions, report: CohortReport,
+    scans: ScanChecks | None = None, root: Path | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """Manifest rows -> usable subjects; every per-subject problem reported and the subject excluded (samples None:
+    the VCF is unusable, not checked here; scans None: no usable atlas, scans checked alone)."""
     import nibabel as nib
 
     table = table.dropna(how="all")  # blank lines (line numbers stay right: index = line - 2)
     report.n_manifest = len(table)
     reasons: dict[int, list[str]] = {}  # row index -> reasons
-    scans: dict[int, tuple[int, float]] = {}  # row index -> (volumes, repetition time in s) from the header
+    volumes: dict[int, tuple[int, float]] = {}  # row index -> (volumes, repetition time in s) from the header
 
     def bad(i: int, sid, message: str, short: str) -> None:
         who = f"subject {sid!r}: " if isinstance(sid, str) else ""
         report.problems.append(Problem("error", f"{manifest}:{i + 2}", who + message))
         reasons.setdefault(i, []).append(short)
+
+    def warn(i: int, sid: str, message: str) -> None:
+        report.problems.append(Problem("warning", f"{manifest}:{i + 2}", f"subject {sid!r}: {message}"))
+
+    samples = set(samples) if samples is not None else None
 
     ids = table["subject_id"].str.strip()
     counts = Counter(ids.dropna())
@@ -260,7 +345,7 @@ def _check_subjects(table, manifest: Path, samples: set[str], split_fractions, r
                 bad(i, sid, f"split is empty; use one of {SPLITS} (or drop the column)", "no split")
             elif value not in SPLITS:
                 bad(i, sid, f"unknown split {table['split'][i]!r}; use one of {SPLITS}", "unknown split")
-        if sid not in samples:
+        if samples is not None and sid not in samples:
             bad(i, sid, "not a sample of the VCF (no genotypes)", "not in VCF")
         fmri = table["fmri"][i]
         if not isinstance(fmri, str):
@@ -269,27 +354,41 @@ def _check_subjects(table, manifest: Path, samples: set[str], split_fractions, r
         path = Path(fmri.strip()).expanduser()
         path = path if path.is_absolute() else (manifest.parent / path)
         table.loc[i, "fmri"] = str(path.absolute())
+        if root is not None and not checks_.inside(path, root):
+            bad(i, sid, f"fMRI path {fmri!r} resolves to {path.resolve()}, outside data.root={root}; refused",
+                "fMRI outside root")  # fmt: skip
+            continue
         if not path.is_file():
             bad(i, sid, f"fMRI file not found: {path}", "fMRI missing")
             continue
         try:
-            header = nib.load(str(path)).header  # header only
+            img = nib.load(str(path), keep_file_open=True)  # the header; volumes only when the checks read them
         except Exception as err:  # nibabel raises several types
             bad(i, sid, f"fMRI file is not a readable NIfTI ({err}): {path}", "fMRI unreadable")
             continue
+        header = img.header
         shape = header.get_data_shape()
         if len(shape) != 4 or shape[3] < 2:
             bad(i, sid, f"fMRI must be a 4D image with >= 2 volumes, got shape {shape}: {path}", "fMRI not 4D")
             continue
-        scans[i] = (int(shape[3]), float(header.get_zooms()[3]))
+        found = scans.check(img, path) if scans is not None else []
+        for severity, message, short in found:
+            if severity == "error":
+                bad(i, sid, message, short)
+            else:
+                warn(i, sid, message)
+        if any(severity == "error" for severity, _, _ in found):
+            continue
+        volumes[i] = (int(shape[3]), float(header.get_zooms()[3]))
     for i, why in reasons.items():
         key = ids[i] if isinstance(ids[i], str) else f"line {i + 2}"
         previous = report.excluded[key].split("; ") if key in report.excluded else []
         report.excluded[key] = "; ".join(dict.fromkeys(previous + why))
     keep = table.drop(index=list(reasons)).copy()
     keep["subject_id"] = keep["subject_id"].str.strip()
-    keep["n_volumes"] = [scans[i][0] for i in keep.index]
-    keep["t_r"] = [scans[i][1] for i in keep.index]
+    keep["n_volumes"] = [volumes[i][0] for i in keep.index]
+    keep["t_r"] = [volumes[i][1] for i in keep.index]
+    report.lines = {sid: i + 2 for i, sid in keep["subject_id"].items()}
     if has_split:
         keep["split"] = keep["split"].str.strip().str.lower()
     else:

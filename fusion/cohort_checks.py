@@ -18,7 +18,6 @@ from genomics.contigs import ContigError, match_contig
 from genomics.regions import Region, check_contigs, parse_bed
 
 log = logging.getLogger(__name__)
-MAX_REF_CHECKS = 200  # VCF records compared against the FASTA (a wrong genome build shows up in the first few)
 
 
 @dataclass
@@ -79,18 +78,65 @@ def check_vcf(path: Path, problems: list[Problem]) -> tuple[list[str], set[str],
     return samples, contigs, vf
 
 
-def check_reference(path: Path) -> tuple[dict[str, int], object]:
-    """(contig lengths, open FastaFile); builds the .fai when missing (pysam)."""
+def check_reference(path: Path, cache_dir: Path | None = None) -> tuple[dict[str, int], object, Path]:
+    """(contig lengths, open FastaFile, the path it was opened from). A FASTA without its index (.fai, and .gzi when
+    bgzipped) is never indexed beside itself: with `cache_dir`, a link to it is indexed in <cache_dir>/fasta_index/
+    and opened from there (the cohort's folders are never written); without, pysam builds the index where it can."""
     import pysam
 
+    opened = path
+    if cache_dir is not None and not _indexed(path):
+        opened = index_in_cache(path, Path(cache_dir))
     try:
-        fasta = pysam.FastaFile(str(path))
+        fasta = pysam.FastaFile(str(opened))
     except (OSError, ValueError) as err:
         raise CohortFatal(
             f"{path}: cannot open the reference FASTA ({err}); it needs a .fai index (`samtools faidx {path.name}`)"
             " and, if compressed, bgzip compression with a .gzi"
         ) from err
-    return dict(zip(fasta.references, fasta.lengths)), fasta
+    return dict(zip(fasta.references, fasta.lengths)), fasta, opened
+
+
+def _indexed(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    fai, gzi = Path(f"{path}.fai"), Path(f"{path}.gzi")
+    fresh = fai.is_file() and fai.stat().st_mtime >= path.stat().st_mtime
+    return fresh and (not gz or gzi.is_file())
+
+
+def index_in_cache(path: Path, cache_dir: Path) -> Path:
+    """A symlink to `path` in <cache_dir>/fasta_index/<key>/ with its .fai (and .gzi) built there, atomically (the
+    folder is renamed into place when complete); key = the FASTA's absolute path, size and mtime."""
+    import hashlib
+    import os
+    import tempfile
+
+    import pysam
+
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    final = cache_dir / "fasta_index" / key
+    link = final / path.name
+    if Path(f"{link}.fai").is_file():
+        return link
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    try:
+        os.symlink(path.resolve(), tmp / path.name)
+        pysam.faidx(str(tmp / path.name))
+        os.replace(tmp, final)
+    except OSError:
+        if not Path(f"{link}.fai").is_file():  # not another process winning the rename
+            raise
+    except (pysam.SamtoolsError, ValueError) as err:
+        raise CohortFatal(f"{path}: cannot index the reference FASTA ({err}); is it FASTA (plain or bgzip)?") from err
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return link
 
 
 def check_regions(path: Path, lengths: dict[str, int], vcf_contigs: set[str], vcf: Path, problems) -> list[Region]:
@@ -112,7 +158,7 @@ def check_regions(path: Path, lengths: dict[str, int], vcf_contigs: set[str], vc
     renamed = sorted({(r.contig, match_contig(r.contig, lengths)) for r in good} - {(r.contig, r.contig) for r in good})
     if renamed:
         log.info("%s: contig names harmonised with the reference FASTA: %s", path, renamed[:5])
-    no_variants = sorted({r.contig for r in good if _match(r.contig, vcf_contigs) is None})
+    no_variants = sorted({r.contig for r in good if match_or_none(r.contig, vcf_contigs) is None})
     if no_variants and vcf_contigs:
         problems.append(
             Problem(
@@ -125,17 +171,23 @@ def check_regions(path: Path, lengths: dict[str, int], vcf_contigs: set[str], vc
     return good
 
 
-def _match(name: str, available) -> str | None:
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, symlinks resolved, is `root` (resolved) or below it."""
+    resolved = path.expanduser().resolve()
+    return resolved == root or root in resolved.parents
+
+
+def match_or_none(name: str, available) -> str | None:
+    """genomics.contigs.match_contig, with an ambiguous name (reported elsewhere) read as no match."""
     try:
         return match_contig(name, available)
     except ContigError:
         return None
 
 
-def check_vcf_against_reference(vcf_path: Path, vf, vcf_contigs: set[str], fasta, lengths, regions, problems) -> None:
-    """Contig naming between VCF and FASTA (harmonised), and REF alleles of the first records in the regions against
-    the FASTA."""
-    absent = sorted(c for c in vcf_contigs if _match(c, lengths) is None)
+def check_vcf_contigs(vcf_path: Path, vcf_contigs: set[str], lengths: dict[str, int], problems) -> None:
+    """VCF contigs the FASTA lacks under every spelling (harmonised): an error when none matches (wrong genome)."""
+    absent = sorted(c for c in vcf_contigs if match_or_none(c, lengths) is None)
     if absent:
         hint = "no VCF contig matches the FASTA under any spelling" if len(absent) == len(vcf_contigs) else ""
         problems.append(
@@ -145,31 +197,6 @@ def check_vcf_against_reference(vcf_path: Path, vf, vcf_contigs: set[str], fasta
                 f"contigs {absent[:5]} are not in the reference FASTA" + (f" ({hint}: wrong genome?)" if hint else ""),
             )
         )
-    if vf.index is None:
-        return
-    checked = 0
-    for r in regions:
-        vcf_name, fasta_name = _match(r.contig, vf.index), _match(r.contig, lengths)
-        if vcf_name is None or fasta_name is None:
-            continue
-        for rec in vf.fetch(vcf_name, r.start, r.end):
-            ref = rec.ref or ""
-            if checked >= MAX_REF_CHECKS:
-                return
-            if not ref or rec.start + len(ref) > lengths[fasta_name]:
-                continue
-            checked += 1
-            fa = fasta.fetch(fasta_name, rec.start, rec.start + len(ref))
-            if fa.upper() != ref.upper():
-                problems.append(
-                    Problem(
-                        "error",
-                        f"{vcf_path}:{rec.chrom}:{rec.pos}",
-                        f"REF {ref!r} differs from the reference FASTA {fasta.filename.decode()} ({fa!r}) at "
-                        f"{rec.chrom}:{rec.pos}: the VCF and the FASTA are probably from different genome builds",
-                    )
-                )
-                return
 
 
 def check_atlas(path: Path, problems: list[Problem]) -> tuple[object, np.ndarray]:

@@ -15,6 +15,7 @@ Seed, run folder, config_resolved.yaml, callbacks, loggers, Trainer and fit are 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -24,9 +25,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fusion.app import CONFIG_DIR
-from fusion.app.build import Run, build, format_retrieval, instantiate_dict
+from fusion.app.build import Run, build, build_inputs, format_retrieval, instantiate_dict
 from fusion.app.cohort_source import resolve_cohort, resolve_reference
 from fusion.app.pretrain import PretrainRun, build_pretraining, is_pretraining, resolve_pretrained_encoder
+from fusion.errors import USER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,9 @@ def prepare(cfg: DictConfig) -> Run | PretrainRun:
         log.info("%s", run.summary())
         return run
     resolve_cohort(cfg)  # data.* files, or the demo cohort's
+    inputs = build_inputs(cfg)  # the cohort checked (cheap level) and its transforms, before any compute
     resolve_pretrained_encoder(cfg)  # genomics.encoder.checkpoint, or the first-use pretrained folder
-    run = build(cfg)
+    run = build(cfg, inputs)
     log.info("cohort: %s", run.report.summary())
     log.info("subjects per split: %s", run.datamodule.split_sizes())
     return run
@@ -86,7 +89,11 @@ def alignment_test(trainer: L.Trainer, run: Run) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
-    metrics, _ = train(cfg)
+    try:
+        metrics, _ = train(cfg)
+    except USER_ERRORS as err:  # a user's mistake: its message, no traceback (fusion.errors)
+        print(f"fusion.train: {err}", file=sys.stderr)
+        sys.exit(2)
     return metrics.get(cfg.get("optimized_metric"))
 
 

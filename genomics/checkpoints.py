@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from genomics.errors import GenomicsInputError
+
 SAFE_WEIGHTS_NAME, PT_WEIGHTS_NAME = "model.safetensors", "pytorch_model.bin"
 
 _SAFE_GLOBALS = [
@@ -36,7 +38,7 @@ _SAFE_GLOBALS = [
 ]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(GenomicsInputError):
     """A checkpoint's keys or shapes do not fit the model."""
 
 
@@ -49,7 +51,7 @@ def torch_load(path: str | Path):
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(
+        raise GenomicsInputError(
             f"{path}: cannot be read as a weights-only checkpoint ({err}). Only tensors, containers and a few plain "
             "classes are accepted; re-save the weights with torch.save(model.state_dict()) or safetensors"
         ) from err
@@ -64,7 +66,7 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
         return load_file(str(path), device="cpu")
     obj = torch_load(path)
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        raise GenomicsInputError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return obj
 
 

@@ -17,12 +17,14 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from genomics.errors import GenomicsInputError
+
 log = logging.getLogger(__name__)
 
 _MITO = {"M", "MT"}
 
 
-class ContigError(ValueError):
+class ContigError(GenomicsInputError):
     """A contig that none of the files has under any accepted spelling, or that matches two of them."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genomics.errors import GenomicsInputError
 from genomics.regions import Region
 
 
@@ -51,7 +52,6 @@ class DosageTable:
         return np.array([index[s] for s in samples], dtype=np.int64)
 
 
-
 def _contig_in(vf, contig: str) -> str | None:
     names = set(vf.header.contigs) | (set(vf.index) if vf.index is not None else set())
     for candidate in (contig, contig.removeprefix("chr"), "chr" + contig):
@@ -67,7 +67,7 @@ def read_dosages(vcf: str | Path, regions: Sequence[Region]) -> DosageTable:
     try:
         vf = pysam.VariantFile(str(vcf))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{vcf}: not a readable VCF/BCF ({err})") from err
+        raise GenomicsInputError(f"{vcf}: not a readable VCF/BCF ({err})") from err
     with vf:
         samples = list(vf.header.samples)
         seen: set[tuple] = set()

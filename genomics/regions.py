@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genomics.contigs import ContigError, match_contig
+from genomics.errors import GenomicsInputError
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,10 @@ def parse_bed(path: str | Path) -> tuple[list[Region], list[str]]:
 
 
 def read_bed(path: str | Path) -> list[Region]:
-    """Regions of a BED file; raises ValueError listing every bad line."""
+    """Regions of a BED file; raises GenomicsInputError (a ValueError) listing every bad line."""
     regions, problems = parse_bed(path)
     if problems:
-        raise ValueError(f"{len(problems)} problem(s) in the regions BED:\n  " + "\n  ".join(problems))
+        raise GenomicsInputError(f"{len(problems)} problem(s) in the regions BED:\n  " + "\n  ".join(problems))
     return regions
 
 

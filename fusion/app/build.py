@@ -9,14 +9,27 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fusion.app.checks import check_context, cohort_arguments
 from fusion.app.datamodule import AlignmentDataModule
 from fusion.app.module import AlignmentModule
-from fusion.cohort import Cohort, CohortReport, exclude_short_scans, load_cohort
+from fusion.cohort import Cohort, CohortError, CohortReport, exclude_short_scans, load_cohort
+from fusion.cohort_checks import Problem
 
 
 def instantiate_dict(cfg: DictConfig | None) -> list:
     """Callbacks / loggers: every entry of the group that has a _target_."""
     return [instantiate(c) for c in (cfg or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+@dataclass
+class Inputs:
+    """The cohort (loaded and checked once) and the transforms built from it: what every entry point checks before
+    spending compute (fusion.validate stops here)."""
+
+    cohort: Cohort
+    report: CohortReport
+    genomics_transform: object
+    brain_transform: object
 
 
 @dataclass
@@ -29,18 +42,36 @@ class Run:
     model: AlignmentModule
 
 
-def build(cfg: DictConfig) -> Run:
-    """Config -> cohort (every file read and checked once; cohort paths must be resolved, see cohort_source) ->
-    transforms -> datamodule -> encoders -> model. Transforms and encoders get the cohort facts their constructors
-    name (Cohort.inputs: reference, vcf, regions, n_regions for genomics; atlas, labels, atlas_coords, n_parcels for
-    brain)."""
-    data = cfg.data
-    cohort_args = set(inspect.signature(load_cohort).parameters)
-    cohort, report = load_cohort(**{k: data[k] for k in cohort_args if k in data})
+def build_inputs(cfg: DictConfig, checks: str = "cheap", raise_on_error: bool = True) -> Inputs:
+    """Config -> cohort (fusion.cohort.load_cohort at `checks` level; cohort paths must be resolved, see
+    cohort_source) -> transforms, with the checks that need them: scans shorter than the brain encoder's window,
+    haplotypes longer than the genomics encoder's context (fusion.app.checks). raise_on_error=False (validation)
+    reports those in the returned report instead of raising CohortError."""
+    cohort, report = load_cohort(**cohort_arguments(cfg), checks=checks)
     genomics_transform = instantiate_with(cfg.genomics.transform, cohort.inputs("genomics"))
     brain_transform = instantiate_with(cfg.brain.transform, cohort.inputs("brain"))
-    exclude_short_scans(cohort, report, getattr(brain_transform, "window", None), strict=data.strict)
-    loader = {k: v for k, v in OmegaConf.to_container(data, resolve=True).items() if k not in cohort_args}
+    strict = bool(cfg.data.get("strict", False)) and raise_on_error
+    try:
+        exclude_short_scans(cohort, report, getattr(brain_transform, "window", None), strict=strict)
+    except CohortError:
+        if raise_on_error:
+            raise
+        report.problems.append(Problem("error", str(cohort.manifest), "no usable subject left (see above)"))
+    problem = check_context(cfg.genomics, genomics_transform, cohort.regions, report)
+    if problem is not None and problem.severity == "error" and raise_on_error:
+        raise CohortError(f"{problem}\n{report.summary()}", report)
+    return Inputs(cohort, report, genomics_transform, brain_transform)
+
+
+def build(cfg: DictConfig, inputs: Inputs | None = None) -> Run:
+    """Config -> cohort and transforms (build_inputs, unless given) -> datamodule -> encoders -> model. Transforms and
+    encoders get the cohort facts their constructors name (Cohort.inputs: reference, vcf, regions, n_regions for
+    genomics; atlas, labels, atlas_coords, n_parcels for brain)."""
+    inputs = inputs if inputs is not None else build_inputs(cfg)
+    cohort, report = inputs.cohort, inputs.report
+    genomics_transform, brain_transform = inputs.genomics_transform, inputs.brain_transform
+    cohort_args = set(inspect.signature(load_cohort).parameters)
+    loader = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in cohort_args}
     datamodule = instantiate(
         loader,
         cohort=cohort,

@@ -16,6 +16,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fusion.cohort import CohortError
 from fusion.demo.config import DemoCohortConfig, demo_params
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def resolve_cohort(cfg: DictConfig) -> None:
         return
     missing = [k for k in COHORT_KEYS if k != "atlas_coords" and data.get(k) is None]
     if missing:
-        raise ValueError(
+        raise CohortError(
             f"data.manifest is set ({data.manifest}) but {', '.join('data.' + k for k in missing)} "
             "is not; give every cohort file on the command line (see kb/cohort-format.md)"
         )

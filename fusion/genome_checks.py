@@ -1,0 +1,136 @@
+"""Checks of the genome inputs against each other, region by region, for fusion.cohort (library code).
+
+    check_genome(vcf_path, vf, fasta, fasta_path, lengths, regions, problems, max_sites=200, alphabet=False)
+
+REF alleles of the VCF records inside the regions are compared with the reference FASTA (each region's sequence is
+fetched once): the first `max_sites` records in cheap mode (a wrong genome build shows up at once), every record
+with max_sites=None (`python -m fusion.validate`), also without a VCF index (the file is then read once, whole).
+alphabet=True also reports characters outside ACGTN (either case) in the regions' reference sequence: the tokenizer
+would turn them into [UNK], which no model saw in training.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+import numpy as np
+
+from fusion.cohort_checks import Problem, match_or_none
+from genomics.regions import Region
+
+MAX_REF_CHECKS = 200  # cheap mode: VCF records compared with the FASTA
+MAX_LISTED_SITES = 20  # mismatching sites listed one by one (the count covers all)
+_DNA = np.zeros(256, dtype=bool)
+_DNA[np.frombuffer(b"ACGTNacgtn", dtype=np.uint8)] = True
+
+
+def check_genome(
+    vcf_path: Path, vf, fasta, fasta_path: Path, lengths: dict[str, int], regions: list[Region], problems: list,
+    max_sites: int | None = MAX_REF_CHECKS, alphabet: bool = False,
+) -> None:  # fmt: skip
+    """REF alleles vs the FASTA (see module docstring); with alphabet=True, non-DNA characters in the regions."""
+    sequences: dict[int, str] = {}  # region index -> reference sequence (fetched once)
+
+    def region_sequence(i: int, r: Region) -> str:
+        if i not in sequences:
+            name = match_or_none(r.contig, lengths)
+            sequences[i] = fasta.fetch(name, r.start, min(r.end, lengths[name])) if name else ""
+        return sequences[i]
+
+    if alphabet:
+        for i, r in enumerate(regions):
+            _check_alphabet(r, region_sequence(i, r), fasta_path, problems)
+    if vf is None:
+        return
+    mismatches, checked = [], 0
+    for i, r, rec in _records_in_regions(vf, regions, max_sites):
+        ref = rec.ref or ""
+        name = match_or_none(r.contig, lengths)
+        if not ref or name is None or rec.start + len(ref) > lengths[name]:
+            continue
+        checked += 1
+        offset = rec.start - r.start
+        seq = region_sequence(i, r)
+        fa = seq[offset : offset + len(ref)] if offset + len(ref) <= len(seq) else ""
+        if len(fa) != len(ref):  # a REF running past the region's end
+            fa = fasta.fetch(name, rec.start, rec.start + len(ref))
+        if fa.upper() != ref.upper():
+            mismatches.append((rec.chrom, rec.pos, ref, fa))
+    for chrom, pos, ref, fa in mismatches[:MAX_LISTED_SITES]:
+        problems.append(
+            Problem(
+                "error",
+                f"{vcf_path}:{chrom}:{pos}",
+                f"REF {ref!r} differs from the reference FASTA {fasta_path} ({fa!r}) at {chrom}:{pos}: the VCF and "
+                "the FASTA are probably from different genome builds (use the FASTA the VCF was called against, or "
+                "lift the VCF over)",
+            )
+        )
+    if len(mismatches) > MAX_LISTED_SITES:
+        sites = ", ".join(f"{c}:{p}" for c, p, _, _ in mismatches[MAX_LISTED_SITES : MAX_LISTED_SITES + 10])
+        problems.append(
+            Problem(
+                "error",
+                str(vcf_path),
+                f"{len(mismatches)} of {checked} checked REF alleles differ from {fasta_path} (the first "
+                f"{MAX_LISTED_SITES} are listed; more: {sites} ...)",
+            )
+        )
+
+
+def _check_alphabet(r: Region, seq: str, fasta_path: Path, problems: list) -> None:
+    codes = np.frombuffer(seq.encode("latin-1", errors="replace"), dtype=np.uint8)
+    bad = np.flatnonzero(~_DNA[codes])
+    if len(bad) == 0:
+        return
+    chars = sorted(set(seq[j] for j in bad[:1000]))
+    first = r.start + int(bad[0]) + 1
+    problems.append(
+        Problem(
+            "error",
+            f"{fasta_path}:{r.contig}:{first}",
+            f"region {r.name} (BED line {r.line}, {r.where}) has {len(bad)} character(s) outside the DNA alphabet "
+            f"ACGTN, {chars[:10]}, the first at {r.contig}:{first}; they would become [UNK] tokens: replace them "
+            "with N (e.g. IUPAC ambiguity codes) or use another reference FASTA",
+        )
+    )
+
+
+def _records_in_regions(vf, regions: list[Region], limit: int | None):
+    """(region index, region, record) for VCF records starting inside a region; at most `limit` records."""
+    count = 0
+    if vf.index is not None:
+        index = set(vf.index)
+        for i, r in enumerate(regions):
+            contig = match_or_none(r.contig, index)
+            if contig is None:
+                continue
+            try:
+                records = vf.fetch(contig, r.start, r.end)
+            except ValueError:  # contig in the header but not in the index
+                continue
+            for rec in records:
+                if rec.start < r.start:
+                    continue  # starts before the region (reported with the region it starts in, if any)
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield i, r, rec
+        return
+    if limit is not None:  # cheap mode: an unindexed VCF is not read whole (its warning says so)
+        return
+    by_contig: dict[str, list[tuple[int, int, int]]] = {}  # VCF contig -> sorted (start, end, region index)
+    for i, r in enumerate(regions):
+        by_contig.setdefault(r.contig, []).append((r.start, r.end, i))
+    by_contig = {c: sorted(spans) for c, spans in by_contig.items()}
+    names = {}
+    for rec in vf:  # the whole file, once
+        if rec.chrom not in names:
+            names[rec.chrom] = match_or_none(rec.chrom, by_contig)
+        spans = by_contig.get(names[rec.chrom]) or []
+        j = bisect.bisect_right(spans, (rec.start, float("inf"), 0))
+        for start, end, i in reversed(spans[:j]):
+            if start <= rec.start < end:
+                yield i, regions[i], rec
+                break
