@@ -12,9 +12,10 @@ Models: the published 131k configs (d_model 256, 16 layers, BiMamba with tied in
   bf16  PS with the model and its input in bfloat16
 variant "fused" is CaduceusMixerModel's fused path (the default); "before" is the composition
 (`backbone.fused_inference = False`), i.e. the code before issue 13 (per-mixer kernels, flips, cats);
-"torch" is the composition on ssm_backend="torch" (sequential pure PyTorch), run at 1 x 4,096 only (it is ~100x
-slower). Each case runs in its own subprocess (its peak RSS, getrusage, is its own); the forward is timed once after
-a warm-up at 1,024 tokens; outputs are compared to the case's "before" (max |diff| / max |before|).
+"torch" is the composition on ssm_backend="torch" (sequential pure PyTorch), run at 1 x 1,024 only (it is ~25x
+slower). PH and bf16 have no "before" row unless --all-before. Each case runs in its own subprocess (its peak RSS,
+getrusage, is its own); the forward is timed once after a warm-up at 1,024 tokens; outputs are compared to the
+case's "before" (max |diff| / max |before|).
 Matmul floor: the in_proj / x_proj / out_proj matmuls of the 64 mixers of the composition (16 layers x 2 strands x 2
 directions) timed alone with torch on the same threads and dtype, each at the case's B * L rows (the faster of one
 call and 8,192-row tiles); "executed floor" is the matmuls the fused path issues (in_proj and out_proj once per strand,
@@ -100,7 +101,7 @@ def run_case(case: dict, out_dir: Path) -> dict:
 
 
 def _run_floor(case: dict) -> dict:
-    """Seconds of each matmul of one mixer at M = B * L rows (best of one call and 8,192-row tiles, best of 2)."""
+    """Seconds of each matmul of one mixer at M = B * L rows (best of one call and 8,192-row tiles, best of 3)."""
     import torch
 
     dtype = torch.bfloat16 if case["dtype"] == "bf16" else torch.float32
@@ -115,7 +116,7 @@ def _run_floor(case: dict) -> dict:
         best = float("inf")
         for tile in (M, 8192):
             torch.mm(x[:tile], w.t(), out=out[:tile])  # warm-up
-            for _ in range(2):
+            for _ in range(3):
                 t = time.perf_counter()
                 for r0 in range(0, M, tile):
                     torch.mm(x[r0 : r0 + tile], w.t(), out=out[r0 : r0 + tile])
@@ -138,10 +139,10 @@ def _spawn(case: dict, out_dir: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1]) | load
 
 
-def plan(quick: bool, threads: int) -> tuple[list[dict], list[dict]]:
+def plan(quick: bool, threads: int, all_before: bool) -> tuple[list[dict], list[dict]]:
     """(model cases, floor cases)."""
     s = 16 if quick else 1
-    L, Bb, Lb, Lref = 131072 // s, 64 // s if quick else 64, 2048, 4096 // (4 if quick else 1)
+    L, Bb, Lb, Lref = 131072 // s, 64 // s if quick else 64, 2048, 1024
     cases = []
 
     def add(cid, model, B, length, dtype, variants):
@@ -151,8 +152,8 @@ def plan(quick: bool, threads: int) -> tuple[list[dict], list[dict]]:
 
     add("ps", "ps", 1, L, "fp32", ["fused", "before"])
     add("ps-batch", "ps", Bb, Lb, "fp32", ["fused", "before"])
-    add("ph", "ph", 1, L, "fp32", ["fused", "before"])
-    add("ps-bf16", "ps", 1, L, "bf16", ["fused", "before"])
+    add("ph", "ph", 1, L, "fp32", ["fused", "before"] if all_before or quick else ["fused"])
+    add("ps-bf16", "ps", 1, L, "bf16", ["fused", "before"] if all_before or quick else ["fused"])
     add("ps-ref", "ps", 1, Lref, "fp32", ["fused", "before", "torch"])
     rows = sorted({(c["B"] * c["L"], c["dtype"]) for c in cases})
     floors = [dict(kind="floor", id=f"floor-{m}-{d}", rows=m, dtype=d, threads=threads) for m, d in rows]
@@ -195,6 +196,7 @@ def analyse(rows: list[dict], out_dir: Path) -> None:
     if "ps-bf16" in fused and "ps" in fused:
         fused["ps-bf16"]["bf16_speedup"] = fused["ps"]["wall_s"] / fused["ps-bf16"]["wall_s"]
         fused["ps-bf16"]["rel_diff_vs_fp32"] = _diff(out_dir, "ps-bf16-fused", "ps-fused")
+        fused["ps-bf16"]["before_rel_diff_vs_fp32"] = _diff(out_dir, "ps-bf16-before", "ps-before")
 
 
 def profile(length: int, threads: int, model: str, dtype: str, rows: int) -> None:
@@ -222,6 +224,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="sanity run at 1/16 of the lengths")
     ap.add_argument("--threads", type=int, default=2, help="torch (and numba) threads; 0 = torch's default")
     ap.add_argument("--cases", nargs="*", help="only these case ids (e.g. ps-fused ps-before)")
+    ap.add_argument("--all-before", action="store_true", help="also the 'before' rows of PH and bf16 (+4 min)")
     ap.add_argument("--profile", action="store_true", help="profile one fused forward by op and exit")
     ap.add_argument("--profile-length", type=int, default=16384)
     ap.add_argument("--profile-model", default="ps", choices=["ps", "ph"])
@@ -236,7 +239,7 @@ def main(argv=None) -> None:
     if args.profile:
         profile(args.profile_length, args.threads, args.profile_model, args.profile_dtype, 25)
         return
-    cases, floors = plan(args.quick, args.threads)
+    cases, floors = plan(args.quick, args.threads, args.all_before)
     if args.cases:
         cases = [c for c in cases if c["id"] in args.cases]
         needed = {(c["B"] * c["L"], c["dtype"]) for c in cases}
@@ -323,8 +326,10 @@ def markdown(result: dict) -> str:
         if "ph_over_ps_per_token" in r:
             extra.append(f"- PH conjoined / PS per token (fused): {r['ph_over_ps_per_token']:.2f}")
         if "bf16_speedup" in r:
+            before = r.get("before_rel_diff_vs_fp32")
+            before = "" if before is None else f" (before: {before:.1e})"
             extra.append(f"- bf16 / fp32 speed (fused PS): {r['bf16_speedup']:.2f}x; output rel diff bf16 vs fp32 "
-                         f"{r['rel_diff_vs_fp32']:.1e}")  # fmt: skip
+                         f"{r['rel_diff_vs_fp32']:.1e}{before}")  # fmt: skip
     floors = [r for r in rows if r["kind"] == "floor" and "error" not in r]
     if floors:
         parts = [

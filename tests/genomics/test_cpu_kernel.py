@@ -274,6 +274,73 @@ def test_mixer_gradients_match_reference():
     _assert_same_gradients(lambda **a: ops.mamba_mixer(**a, backend="cpu"), _mixer_ref, x)
 
 
+# ------------------------------------------------------------------------------- bidirectional mixer, add-norm
+
+
+def _direction_args(x):
+    return (x["conv1d_weight"], x["conv1d_bias"], x["x_proj_weight"], x["delta_proj_weight"], x["delta_bias"],
+            x["A"], x["D"])  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["add", "ew_multiply"])
+@pytest.mark.parametrize("combine", [True, False])
+@pytest.mark.parametrize("batch,length", [(2, 61), (5, 7), (1, 1)])
+def test_bimamba_equals_two_reference_mixers(strategy, combine, batch, length):
+    """out = mixer_f(h) (+|*) flip(mixer_r(flip(h))) with shared in/out projections, one mixer reversed by indexing;
+    also written into a strided view (an RCPS half) in place of its input, and with one direction only."""
+    xf, xr = _mixer_inputs(batch, 12, length), _inner_inputs(batch, 12, length, seed=9)
+    shared = {k: xf[k] for k in ("in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")}
+    rest_r = {k: xr[k] for k in ("conv1d_weight", "conv1d_bias", "x_proj_weight", "delta_proj_weight", "A", "D",
+                                 "delta_bias")}  # fmt: skip
+    h = xf["hidden_states"]
+    f = _mixer_ref(**xf)
+    r = _mixer_ref(**(xf | rest_r | {"hidden_states": h.flip(1)})).flip(1)
+    ref = f + r if strategy == "add" else f * r
+    sd = torch.float32
+    df = cpu_kernel.Direction(*_direction_args(xf), sd)
+    dr = cpu_kernel.Direction(*_direction_args(xr), sd)
+    args = (shared["in_proj_weight"], shared["in_proj_bias"], df, dr, shared["out_proj_weight"],
+            shared["out_proj_bias"])  # fmt: skip
+    out = torch.empty_like(f)
+    cpu_kernel.bimamba_cpu(h, out, *args[:2], df, dr, *args[4:], strategy, combine=combine, workspace={})
+    _close(out, ref, 1e-5, 1e-6)
+    stream = torch.randn(batch, length, 24)
+    stream[..., 12:] = h
+    cpu_kernel.bimamba_cpu(stream[..., 12:], stream[..., 12:], *args[:2], df, dr, *args[4:], strategy, combine=combine)
+    _close(stream[..., 12:], ref, 1e-5, 1e-6)
+    only_rev = torch.empty_like(f)
+    cpu_kernel.bimamba_cpu(h, only_rev, *args[:2], None, dr, *args[4:], strategy)
+    _close(only_rev, r, 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("rms", [True, False])
+@pytest.mark.parametrize("s_add,sel", [(0, 0), (0, 1), (1, 0), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_norm_kernel(rms, s_add, sel, dtype):
+    g = torch.Generator().manual_seed(0)
+    h, r = torch.randn(3, 7, 20, generator=g).to(dtype), torch.randn(3, 7, 20, generator=g).to(dtype)
+    w, b = torch.randn(2, 10, generator=g), torch.randn(2, 10, generator=g)
+    swap = lambda x: torch.cat([x[..., 10:], x[..., :10]], -1)  # noqa: E731
+    res = r + (swap(h) if s_add else h)
+    halves = [res[..., :10], res[..., 10:]]
+    src = [halves[sel], halves[1 - sel]]
+
+    def norm(x, k):
+        x = x.float()
+        if rms:
+            return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-5) * w[k]
+        return torch.nn.functional.layer_norm(x, (10,), w[k], b[k], 1e-5)
+
+    expected = torch.cat([norm(src[0], 0), norm(src[1], 1)], -1).to(dtype)
+    hh, rr = h.clone(), r.clone()
+    _cpu_launch.run_add_norm(hh, rr, True, s_add, sel, w, b, 1e-5, rms)
+    assert torch.equal(rr, res)
+    _close(hh, expected, 1e-2 if dtype == torch.bfloat16 else 1e-5, 1e-2 if dtype == torch.bfloat16 else 1e-6)
+    hh, rr = h.clone(), torch.empty_like(r)
+    _cpu_launch.run_add_norm(hh, rr, False, 0, 0, w, b, 1e-5, rms)
+    assert torch.equal(rr, h)
+
+
 # ---------------------------------------------------------------------------------------------------- dispatch
 
 
