@@ -26,8 +26,10 @@ Identical sequences in a batch (shared reference haplotypes, homozygous regions)
 sequences go through the model `chunk_size` at a time to bound activation memory. With `freeze=True` (default) the
 encoder follows the one freeze rule (genomics.freeze: eval mode, no gradients, no autograd graph), and pooled sequence
 embeddings are memoised in memory by content (blake2b of the ids, and of the site offsets for "sites"/"diff"; up to
-`cache_size` sequences, cleared when weights are loaded), so later epochs cost no backbone passes.
-Otherwise the backbone is fine-tuned, optionally with gradient checkpointing.
+`cache_size` sequences, cleared when weights are loaded), so later epochs cost no backbone passes; with `cache_dir`
+they are also stored on disk (genomics.embedding_cache: content-addressed by sequence, in a folder per model identity
+= weights + config + pooling settings), so a second run on the same cohort makes no backbone pass at all.
+Otherwise the backbone is fine-tuned, optionally with gradient checkpointing (no cache).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class CaduceusGenomicsEncoder(Freezable):
         ssm_backend: str | None = None,  # force "torch" | "cpu" | "cuda"; None keeps the config's ("auto")
         reference_ids: Tensor | None = None,  # (R, L) the regions' reference, tokenised (transform encoder_inputs)
         reference_sites: Tensor | None = None,  # (R, S) site offsets in it; "sites"/"diff" take S from it
+        cache_dir: str | None = None,  # frozen only: disk cache of pooled embeddings (genomics.embedding_cache)
     ):
         super().__init__()
         if region_pool not in ("concat", "mean"):
@@ -110,7 +113,8 @@ class CaduceusGenomicsEncoder(Freezable):
         self.pool, self.window, self.site_pool = pool, int(window), site_pool
         self.chunk_size, self.dedup, self.cache_size = chunk_size, dedup, cache_size
         self._cache: dict[bytes, Tensor] = {}  # blake2b(ids[, sites]) -> (D,) | (S, D) float32 on CPU
-        self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
+        self.cache_dir, self._disk = cache_dir, None  # the EmbeddingCache of these weights, opened on first use
+        self.register_load_state_dict_post_hook(lambda module, keys: module._forget())
         for name, value in (("reference_ids", reference_ids), ("reference_sites", reference_sites)):
             if value is not None:  # not in the state dict: the transform gives them again (export, resume)
                 self.register_buffer(name, torch.as_tensor(value, dtype=torch.long), persistent=False)
@@ -122,21 +126,54 @@ class CaduceusGenomicsEncoder(Freezable):
         self.output_dim = self.projector.output_dim if projector else pooled_dim
         self.set_freeze(freeze)  # last: the projector too
 
+    def _forget(self) -> None:
+        """New weights: drop the memo and the disk cache handle (its folder is named by the old weights)."""
+        self._cache.clear()
+        self._disk = None
+
+    def disk_cache(self):
+        """The genomics.embedding_cache.EmbeddingCache of these weights and pooling settings under cache_dir."""
+        if self._disk is None:
+            from genomics.embedding_cache import EmbeddingCache, model_identity
+
+            pooling = (
+                {"pool": "site_windows", "window": self.window} if self.pool != "mean" else {"pool": "strand_mean"}
+            )
+            model_id = model_identity(self.embedder.backbone, encoder=type(self).__name__, **pooling)
+            self._disk = EmbeddingCache.under(self.cache_dir, model_id)
+        return self._disk
+
     def embed_sequences(self, ids: Tensor, sites: Tensor | None = None) -> Tensor:
-        """(N, L) ids [+ (N, S) site offsets] -> (N, D) ("mean") or (N, S, D) ("sites"/"diff"); memoised when frozen."""
-        if not (self.freeze and self.cache_size > 0):
+        """(N, L) ids [+ (N, S) site offsets] -> (N, D) ("mean") or (N, S, D) ("sites"/"diff"); memoised when frozen
+        (in memory, and on disk with cache_dir)."""
+        if not self.freeze or (self.cache_size <= 0 and self.cache_dir is None):
             return self._embed(ids, sites)
+        if self.cache_size <= 0:
+            return self._embed_stored(ids, sites)
         rows = ids.cpu().numpy() if sites is None else torch.cat([ids, sites], 1).cpu().numpy()
         keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
         todo = {k: i for i, k in enumerate(keys) if k not in self._cache}  # first row of each missing sequence
         if todo:
             idx = list(todo.values())
-            fresh = dict(zip(todo, self._embed(ids[idx], None if sites is None else sites[idx]).float().cpu()))
+            fresh = dict(zip(todo, self._embed_stored(ids[idx], None if sites is None else sites[idx]).float().cpu()))
         else:
             fresh = {}
         if len(self._cache) + len(fresh) <= self.cache_size:  # a full cache serves, and stores nothing new
             self._cache.update(fresh)
         return torch.stack([fresh[k] if k in fresh else self._cache[k] for k in keys]).to(ids.device)
+
+    def _embed_stored(self, ids: Tensor, sites: Tensor | None = None) -> Tensor:
+        """_embed through the disk cache when cache_dir is set: only sequences it does not hold reach the backbone."""
+        if self.cache_dir is None:
+            return self._embed(ids, sites)
+        length = ids.shape[1]
+        rows = ids if sites is None else torch.cat([ids, sites], 1)  # a key covers the ids and the site offsets
+
+        def fn(r: Tensor) -> Tensor:
+            return self._embed(r[:, :length], None if sites is None else r[:, length:]).flatten(1)  # (n, D | S*D)
+
+        out = self.disk_cache().embed(rows, fn, chunk_size=self.chunk_size, progress=False)  # (N, D | S*D)
+        return out if sites is None else out.reshape(len(ids), sites.shape[1], -1)
 
     def _embed(self, ids: Tensor, sites: Tensor | None = None) -> Tensor:
         """(N, L) [+ (N, S)] -> (N, D) | (N, S, D), chunk_size sequences per forward pass."""

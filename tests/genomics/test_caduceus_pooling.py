@@ -220,3 +220,29 @@ def test_site_embeddings_are_memoised_with_their_offsets():
         moved = {"ids": x["ids"], "sites": torch.where(x["sites"] >= 0, (x["sites"] + 1).clamp(max=23), -1)}
         enc(moved)
         assert calls  # same ids, other offsets: a new key
+
+
+@pytest.mark.parametrize("pool", ["mean", "diff"])
+def test_disk_cache_second_run_makes_no_backbone_pass(tmp_path, pool):
+    x, ref = inputs()
+
+    def run(seed, **kw):
+        torch.manual_seed(seed)
+        enc = CaduceusGenomicsEncoder(n_regions=3, config=dict(rcps=True, **TINY), pool=pool, window=1, **ref, **kw)
+        calls = []
+        enc.embedder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+        with torch.no_grad():
+            return enc(x), calls, enc
+
+    first, calls, enc = run(0, cache_dir=str(tmp_path))
+    assert calls and len(enc.disk_cache()) > 0
+    again, calls, _ = run(0, cache_dir=str(tmp_path))  # a new process would see the same: fresh memo, same folder
+    assert not calls
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    no_memo, calls, _ = run(0, cache_dir=str(tmp_path), cache_size=0)
+    assert not calls
+    torch.testing.assert_close(no_memo, first, rtol=0, atol=0)
+    other, calls, _ = run(1, cache_dir=str(tmp_path))  # other weights: another folder, embedded afresh
+    assert calls and len(list(tmp_path.iterdir())) == 2
+    plain, _, _ = run(0)
+    torch.testing.assert_close(plain, first, rtol=0, atol=1e-6)
