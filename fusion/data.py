@@ -56,14 +56,21 @@ class PairedDataset(Dataset):
 class EpochSampler(Sampler):
     """Shuffles indices with a generator seeded by (seed, epoch) and yields (index, epoch) pairs.
 
-    Lightning calls set_epoch() at every epoch start (also after a resume), so the order is a function of the epoch.
+    Lightning calls set_epoch() at every epoch start (also after a resume), so the order is a function of the epoch;
+    resume(epoch, start) skips the first `start` indices of that epoch's next pass (mid-epoch resume). __len__ stays n
+    (Lightning counts the batches already done).
     """
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, start: int) -> None:
+        """The next pass over `epoch` starts at position `start` of its order (a run resumed mid-epoch)."""
+        self._resume = (epoch, start)
 
     def __len__(self) -> int:
         return self.n
@@ -72,4 +79,7 @@ class EpochSampler(Sampler):
         order = torch.arange(self.n)
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch:
+            order = order[resume[1] :]
         return iter([(int(i), self.epoch) for i in order])

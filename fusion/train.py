@@ -24,11 +24,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fusion.app import CONFIG_DIR
+from fusion.app import CONFIG_DIR, resilience
 from fusion.app.build import Run, build, build_inputs, format_retrieval, instantiate_dict
 from fusion.app.cohort_source import resolve_cohort, resolve_reference
 from fusion.app.pretrain import PretrainRun, build_pretraining, is_pretraining, resolve_pretrained_encoder
-from fusion.errors import USER_ERRORS
+from fusion.errors import USER_ERRORS, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)  # what export and resumes read back
 
     callbacks, loggers = instantiate_dict(cfg.get("callbacks")), instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks += resilience.callbacks(callbacks)  # NaN/Inf loss guard, exact resume (random states)
+    extra = resilience.plugins(cfg.trainer)  # atomic checkpoint writes
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     if cfg.get("train", True):
         trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -94,6 +96,9 @@ def main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as err:  # a user's mistake: its message, no traceback (fusion.errors)
         print(f"fusion.train: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDivergedError as err:
+        print(f"fusion.train: {err}", file=sys.stderr)
+        sys.exit(1)
     return metrics.get(cfg.get("optimized_metric"))
 
 

@@ -2,18 +2,26 @@
 
 The cohort is loaded and checked before this is built (fusion.app.build), so compute is never spent on a bad cohort;
 datasets are made in `setup`. Training uses random windows (drop_last so every contrastive batch has the same size);
-validation/test use the deterministic evaluation windows.
+validation/test use the deterministic evaluation windows. Resumable mid-epoch: state_dict() records the training
+batches done in the current epoch and a resumed run's sampler starts after them (single process; under DDP the epoch
+restarts, with Lightning's warning). Every loader has its own generator, so creating one never draws from the global
+random stream (fusion.app.resilience.ExactResume restores it).
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable, Iterator
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from fusion.cohort import SPLITS, Cohort
 from fusion.data import EpochSampler, PairedDataset
+
+log = logging.getLogger(__name__)
 
 
 class AlignmentDataModule(L.LightningDataModule):
@@ -33,6 +41,7 @@ class AlignmentDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         self.datasets: dict[str, PairedDataset] = {}
+        self._resume: dict | None = None  # from a checkpoint (load_state_dict), used by the next train_dataloader()
         n_train = int((cohort.subjects["split"] == "train").sum())
         if n_train < batch_size:
             raise ValueError(
@@ -72,11 +81,35 @@ class AlignmentDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self):
         sampler = EpochSampler(self.split_sizes()["train"], seed=self.seed)
+        state, self._resume = self._resume, None
+        done = int(state.get("train_batches_done", 0)) if state else 0
+        if 0 < done < self.split_sizes()["train"] // self.batch_size:  # killed mid-epoch
+            if self.trainer is not None and self.trainer.world_size > 1:
+                log.warning("resuming mid-epoch under DDP: epoch %d restarts from its first batch", state["epoch"])
+            else:
+                sampler.resume(int(state["epoch"]), done * self.batch_size)
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+                log.info("resuming epoch %d after its first %d training batches", state["epoch"], done)
         return self._loader("train", self.batch_size, sampler=sampler, drop_last=True)
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and the training batches done in it (where a resume continues)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        loop = trainer.fit_loop
+        return {
+            "epoch": int(loop.epoch_progress.current.processed),
+            "train_batches_done": int(loop.epoch_loop.batch_progress.current.processed),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = dict(state_dict)
 
     def val_dataloader(self):
         return self._loader("val", self.eval_batch_size)
