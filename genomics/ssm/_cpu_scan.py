@@ -77,13 +77,22 @@ def scan_fwd(
                     hv = vexp2(dl[c] * A2[n, c]) * h[n, c] + dbu[c] * Bn
                     h[n, c] = hv
                     y[c] += hv * Cn
+            outr = out[b, out_t0 + t, c0 : c0 + w]
             if has_z:
                 zr = z[b, z_t0 + t, z_off + c0 : z_off + c0 + w]
-                for c in range(w):
-                    zv = ld(zr, c)
-                    y[c] = y[c] * zv * sigmoid(zv)
-            outr = out[b, out_t0 + t, c0 : c0 + w]
-            if mode == 0:
+                if mode == 0:
+                    for c in range(w):
+                        zv = ld(zr, c)
+                        st(outr, c, y[c] * zv * sigmoid(zv))
+                elif mode == 1:
+                    for c in range(w):
+                        zv = ld(zr, c)
+                        st(outr, c, ld(outr, c) + y[c] * zv * sigmoid(zv))
+                else:
+                    for c in range(w):
+                        zv = ld(zr, c)
+                        st(outr, c, ld(outr, c) * (y[c] * zv * sigmoid(zv)))
+            elif mode == 0:
                 for c in range(w):
                     st(outr, c, y[c])
             elif mode == 1:

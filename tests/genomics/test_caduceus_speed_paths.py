@@ -162,3 +162,19 @@ def test_training_gradients_match_the_reference_backend(rcps):
     for k, g in grads[1].items():
         scale = g.abs().max().item()
         assert (grads[0][k] - g).abs().max().item() <= 1e-4 * scale + 1e-6, k
+
+
+def test_fused_follows_weight_updates_and_grad_modes():
+    """The kernels' per-direction constants are cached on the module: an in-place weight update must reach them;
+    constants built under inference_mode serve a later no_grad call."""
+    model = _model()
+    ids = _ids(2, 40)
+    with torch.inference_mode():
+        model(ids)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.01)
+        fused = model(ids).last_hidden_state
+        model.backbone.fused_inference = False
+        ref = model(ids).last_hidden_state
+    assert _rel(fused, ref) <= 1e-5
