@@ -14,6 +14,10 @@ class FusionInputError(ValueError):
     """A fusion input (cohort, run folder, config) that cannot be used as given."""
 
 
+class InputFileNotFound(FusionInputError, FileNotFoundError):
+    """A file the user named (checkpoint, run folder's config) does not exist."""
+
+
 class UnsafeConfigError(FusionInputError):
     """A saved config names a `_target_` outside the project's packages (instantiating it would run foreign code)."""
 

@@ -3,17 +3,23 @@
 Columns: subject_id, split, genomics (512 floats), brain (512), fused (512), then the manifest's covariates. The three
 embeddings are unit vectors in the shared space; fused = l2(genomics + brain) (fusion.model.fuse). A JSON sidecar
 records provenance: the run's resolved config, the checkpoint's SHA-256, the code version, the cohort files and split
-sizes. Files are written to a temporary name and renamed, so an interrupted export never leaves a truncated file in
-place of a good one.
+sizes, and per split its file's SHA-256 and row count.
+
+Safe to kill and rerun: each file is written to a temporary name, flushed and renamed (a Parquet file present is
+complete); provenance.json is rewritten after every split with `"complete": false` until the last one. A rerun with
+the same checkpoint and config skips the splits whose file still has its recorded SHA-256 and redoes the rest.
+The run folder's config_resolved.yaml must name only the project's targets (fusion.app.checks.check_targets) and the
+checkpoint is read weights-only (genomics.checkpoints.torch_load): neither can run code.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
-import os
 import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,8 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from fusion.app import CONFIG_DIR
 from fusion.app.build import build
+from fusion.app.checks import check_targets
+from fusion.app.resilience import write_atomic
+from fusion.errors import USER_ERRORS, InputFileNotFound
 from fusion.model import fuse
-from genomics.checkpoints import sha256_file
+from genomics.checkpoints import sha256_file, torch_load
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +59,15 @@ def load_run(ckpt_path: Path, run_dir: Path | None = None):
     """Rebuild datamodule and model from a training run's resolved config and load the checkpoint's weights."""
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+        raise InputFileNotFound(f"checkpoint not found: {ckpt_path}")
     run_dir = Path(run_dir) if run_dir else ckpt_path.resolve().parent.parent
     cfg_file = run_dir / "config_resolved.yaml"
     if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} not found: pass run_dir= (the fusion.train run folder of this checkpoint)")
+        raise InputFileNotFound(f"{cfg_file} not found: pass run_dir= (the fusion.train run folder of this checkpoint)")
     cfg = OmegaConf.load(cfg_file)
+    check_targets(cfg, cfg_file)  # before anything is instantiated from it
+    state = torch_load(ckpt_path)["state_dict"]  # weights-only: a pickle that runs code is refused
     run = build(cfg)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
     run.model.load_state_dict(state)
     run.model.eval()
     return cfg, run
@@ -78,9 +88,7 @@ def embed_split(model, loader) -> dict[str, list]:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
 def to_table(rows: dict, split: str, covariates: pd.DataFrame) -> pa.Table:
@@ -98,40 +106,84 @@ def to_table(rows: dict, split: str, covariates: pd.DataFrame) -> pa.Table:
 
 
 def export(ckpt_path, run_dir=None, out_dir=None, splits=("train", "val", "test"), batch_size=None) -> dict[str, Path]:
-    cfg, run = load_run(Path(ckpt_path), run_dir)
+    ckpt_path = Path(ckpt_path)
+    cfg, run = load_run(ckpt_path, run_dir)
     datamodule, model = run.datamodule, run.model
     covariates = run.cohort.subjects[["subject_id", *run.cohort.covariates]]
     if batch_size:
         datamodule.eval_batch_size = batch_size
-    out_dir = Path(out_dir) if out_dir else Path(ckpt_path).resolve().parent.parent / "export"
+    out_dir = Path(out_dir) if out_dir else ckpt_path.resolve().parent.parent / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for split in splits:
-        table = to_table(embed_split(model, datamodule.predict_loader(split)), split, covariates)
-        written[split] = out_dir / f"{split}.parquet"
-        write_parquet_atomic(table, written[split])
-        log.info("wrote %s (%d subjects)", written[split], table.num_rows)
+    for stale in out_dir.glob(".*.tmp-*"):  # a killed write's temporary file
+        stale.unlink(missing_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    identity = {
+        "checkpoint_sha256": sha256_file(ckpt_path),
+        "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
+        "batch_size": datamodule.eval_batch_size,
+    }
+    done = finished_splits(out_dir, identity)
     sidecar = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "checkpoint": str(Path(ckpt_path).resolve()),
-        "checkpoint_sha256": sha256_file(Path(ckpt_path)),
+        "complete": False,
+        "checkpoint": str(ckpt_path.resolve()),
+        **identity,
         "code": code_version(),
         "fused": "l2_normalize(genomics + brain); genomics and brain are the unit-norm projections",
-        "files": {split: p.name for split, p in written.items()},
+        "splits": {},  # split -> {"file", "sha256", "rows"}, as each is written
+        "files": {},
         "split_sizes": {split: datamodule.split_sizes()[split] for split in splits},
         "cohort_report": run.report.summary(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
     }
-    tmp = out_dir / ".provenance.json.tmp"
-    tmp.write_text(json.dumps(sidecar, indent=2, default=str))
-    os.replace(tmp, out_dir / "provenance.json")
-    written["provenance"] = out_dir / "provenance.json"
+    written = {}
+    for split in splits:
+        written[split] = out_dir / f"{split}.parquet"
+        if split in done:
+            log.info("%s: already exported by an earlier run (SHA-256 matches); kept", written[split])
+            sidecar["splits"][split] = done[split]
+        else:
+            table = to_table(embed_split(model, datamodule.predict_loader(split)), split, covariates)
+            write_parquet_atomic(table, written[split])
+            sidecar["splits"][split] = {"file": written[split].name, "sha256": sha256_file(written[split]),
+                                        "rows": table.num_rows}  # fmt: skip
+            log.info("wrote %s (%d subjects)", written[split], table.num_rows)
+        sidecar["files"][split] = written[split].name
+        write_provenance(out_dir, sidecar)  # the splits so far, "complete": false
+    sidecar["complete"] = True
+    written["provenance"] = write_provenance(out_dir, sidecar)
     return written
+
+
+def write_provenance(out_dir: Path, sidecar: dict) -> Path:
+    path = out_dir / "provenance.json"
+    write_atomic(path, lambda fh: fh.write(json.dumps(sidecar, indent=2, default=str).encode()))
+    return path
+
+
+def finished_splits(out_dir: Path, identity: dict) -> dict[str, dict]:
+    """Splits an earlier export of the same checkpoint, config and batch size finished, whose file is unchanged."""
+    try:
+        previous = json.loads((out_dir / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if any(previous.get(k) != v for k, v in identity.items()):
+        return {}
+    done = {}
+    for split, entry in (previous.get("splits") or {}).items():
+        path = out_dir / str(entry.get("file", ""))
+        if path.is_file() and path.parent == out_dir and sha256_file(path) == entry.get("sha256"):
+            done[split] = entry
+    return done
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    written = export(cfg.ckpt_path, cfg.run_dir, cfg.out_dir, tuple(cfg.splits), cfg.batch_size)
+    try:
+        written = export(cfg.ckpt_path, cfg.run_dir, cfg.out_dir, tuple(cfg.splits), cfg.batch_size)
+    except USER_ERRORS as err:  # a user's mistake: its message, no traceback (fusion.errors)
+        print(f"fusion.export: {err}", file=sys.stderr)
+        sys.exit(2)
     for name, path in written.items():
         print(f"{name}: {path}")
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fusion.app import CONFIG_DIR, resilience
 from fusion.app.build import Run, build, build_inputs, format_retrieval, instantiate_dict
+from fusion.app.checks import check_checkpoint
 from fusion.app.cohort_source import resolve_cohort, resolve_reference
 from fusion.app.pretrain import PretrainRun, build_pretraining, is_pretraining, resolve_pretrained_encoder
 from fusion.errors import USER_ERRORS, TrainingDivergedError
@@ -53,6 +54,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit, then test (alignment) or evaluate and save (pretraining); returns (metrics, objects). Used by the CLI and
     by the tests."""
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path)  # exists and reads weights-only, before any compute
     run = prepare(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

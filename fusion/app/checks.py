@@ -5,6 +5,7 @@ fusion.export and fusion.validate (kb/validation.md).
     model_context(cfg.genomics)      (tokens, severity, why) of the genomics encoder's context; (None, ..) = no limit
     check_context(...)               haplotype length L (the tokens transform's) vs that context, as a Problem
     check_targets(cfg, source)       every `_target_` under the project's allowed packages (a run's saved config)
+    check_checkpoint(path)           a checkpoint to resume from reads weights-only (no pickled code)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fusion.cohort import CohortReport, load_cohort
 from fusion.cohort_checks import Problem
-from fusion.errors import UnsafeConfigError
+from fusion.errors import InputFileNotFound, UnsafeConfigError
 
 ALLOWED_TARGETS = ("genomics.", "brain.", "fusion.", "torch.optim.", "lightning.pytorch.")
 CADUCEUS_MAX = 131_072  # the published tokenizer's model_max_length (genomics.caduceus.tokenizer)
@@ -89,6 +90,16 @@ def check_context(genomics: DictConfig, transform, regions, report: CohortReport
     )
     report.problems.append(problem)
     return problem
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """A checkpoint to resume from must exist and read weights-only (genomics.checkpoints.torch_load): a pickle that
+    would run code is refused with GenomicsInputError before Lightning sees it."""
+    from genomics.checkpoints import torch_load
+
+    if not Path(path).is_file():
+        raise InputFileNotFound(f"ckpt_path={path}: checkpoint not found")
+    torch_load(path)
 
 
 def check_targets(cfg: DictConfig, source: str | Path) -> None:
