@@ -254,9 +254,10 @@ def load_cohort(
         regions = checks_.check_regions(files["regions"], lengths, vcf_contigs, files["vcf"], problems)
         checks_.check_vcf_contigs(files["vcf"], vcf_contigs, lengths, problems)
         full = checks != "cheap"
-        check_genome(
-            files["vcf"], vf, fasta, files["reference"], lengths, regions, problems,
-            max_sites=None if full else MAX_REF_CHECKS, alphabet=full,
+        owner = "vcf" if vf is not None else "reference"  # an unparsable VCF record makes the VCF unusable
+        attempt(
+            owner, check_genome, files["vcf"], vf, fasta, files["reference"], lengths, regions, problems,
+            None if full else MAX_REF_CHECKS, full,
         )  # fmt: skip
     elif "regions" not in unusable:  # no usable FASTA: the BED's own lines are still checked
         problems += [Problem("error", *p.split(": ", 1)) for p in parse_bed(files["regions"])[1]]

@@ -51,6 +51,9 @@ def read_table(path: Path, what: str) -> pd.DataFrame:
     except Exception as err:  # pandas raises several types for malformed tables
         raise CohortFatal(f"{path}: cannot read the {what} as {'CSV' if sep == ',' else 'TSV'} ({err})") from err
     table.columns = [str(c).strip() for c in table.columns]
+    twice = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if twice:
+        raise CohortFatal(f"{path}: column(s) {twice} appear twice in the {what}'s header; names must be unique")
     return table
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.cohort_checks import Problem, match_or_none
+from fusion.cohort_checks import CohortFatal, Problem, match_or_none
 from genomics.regions import Region
 
 MAX_REF_CHECKS = 200  # cheap mode: VCF records compared with the FASTA
@@ -44,7 +44,7 @@ def check_genome(
     if vf is None:
         return
     mismatches, checked = [], 0
-    for i, r, rec in _records_in_regions(vf, regions, max_sites):
+    for i, r, rec in _readable(_records_in_regions(vf, regions, max_sites), vcf_path):
         ref = rec.ref or ""
         name = match_or_none(r.contig, lengths)
         if not ref or name is None or rec.start + len(ref) > lengths[name]:
@@ -77,6 +77,20 @@ def check_genome(
                 f"{MAX_LISTED_SITES} are listed; more: {sites} ...)",
             )
         )
+
+
+def _readable(records, vcf_path: Path):
+    """The records; a record htslib cannot parse is fatal for the VCF (CohortFatal naming how far it got)."""
+    n = 0
+    try:
+        for item in records:
+            n += 1
+            yield item
+    except (OSError, ValueError) as err:
+        raise CohortFatal(
+            f"{vcf_path}: a record after the {n} read in the regions cannot be parsed ({err}); find it with "
+            f"`bcftools view {vcf_path.name} > /dev/null` and fix or drop it"
+        ) from err
 
 
 def _check_alphabet(r: Region, seq: str, fasta_path: Path, problems: list) -> None:

@@ -41,10 +41,13 @@ def parse_bed(path: str | Path) -> tuple[list[Region], list[str]]:
         raise FileNotFoundError(f"regions BED not found: {path}")
     regions: list[Region] = []
     problems: list[str] = []
-    with open(path) as fh:
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:  # undecodable bytes: reported per line
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip("\r\n")
             if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            if any("\udc80" <= ch <= "\udcff" for ch in line):
+                problems.append(f"{path}:{lineno}: not UTF-8 text (is this a BED file?)")
                 continue
             cols = line.split("\t") if "\t" in line else line.split()
             if len(cols) < 3:
