@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         if report is None:  # not a cohort report: a user error the check could not go past
             print(f"fusion.validate: {err}", file=sys.stderr)
             return 2
+    except (ValueError, OSError) as err:  # e.g. a transform's argument the config got wrong
+        print(f"fusion.validate: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - start
     level = "deep (every volume)" if deep else "full (three volumes per scan)"
     print(report.summary(limit=None))

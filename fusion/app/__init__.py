@@ -5,7 +5,10 @@
     datamodule.py   LightningDataModule over a loaded Cohort
     module.py       LightningModule around fusion.model.AlignmentModel
     pretrain.py     Caduceus MLM pretraining (experiment=pretrain_caduceus, and the tiny model's first use)
-Entry points (`python -m fusion.train`, `fusion.export`, `fusion.demo_cohort`) are thin Hydra mains over these.
+    checks.py       checks that need the config (encoder window / context, saved-config targets, checkpoints)
+    resilience.py   atomic checkpoints, NaN/Inf loss guard, exact resume (random states)
+Entry points (`python -m fusion.train`, `fusion.export`, `fusion.validate`, `fusion.demo_cohort`) are thin mains
+over these.
 """
 
 import os
