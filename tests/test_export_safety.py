@@ -50,6 +50,7 @@ def fused(path: Path) -> np.ndarray:
     return np.stack(pq.read_table(path).to_pandas()["fused"].to_numpy())
 
 
+@pytest.mark.slow
 def test_export_killed_half_way_reruns_only_the_rest(trained, tmp_path, monkeypatch):
     ckpt, sizes = trained
     out = tmp_path / "export"
@@ -109,6 +110,7 @@ def copy_run(ckpt: Path, tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_a_pickle_that_runs_code_is_refused_as_a_checkpoint(trained, tmp_path, train_config, demo_cache):
     run = copy_run(trained[0], tmp_path)
     marker = tmp_path / "pwned"

@@ -35,6 +35,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_a_process_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, path)

@@ -307,6 +307,7 @@ def test_validation_writes_nothing_beside_the_data(cohort, tmp_path, capsys):
     assert list((tmp_path / "cache" / "fasta_index").rglob("reference.fa.fai"))
 
 
+@pytest.mark.slow
 def test_exit_status_of_the_real_command(cohort, tmp_path):
     env = {"GENOBRAIN_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     bad = FAULTS["duplicate_id"](cohort, tmp_path)[0]
