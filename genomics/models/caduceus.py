@@ -19,7 +19,11 @@ each VCF site of the region in each haplotype, -1 = none). Pooling rule (`pool`)
   2. haplotypes -> mean: a diploid genotype is an unordered pair, so the vector is invariant to phase/haplotype order
      and additive in the haplotypes, like an allele dosage (the k-mer baseline also sums its haplotypes);
   2b. sites ("sites"/"diff") -> `site_pool`: "concat" ((S*D) per region: one feature block per site, like a
-     dosage column) | "mean" ((D,) per region: the mean over the region's sites);
+     dosage column) | "mean" ((D,) per region: the mean over the region's sites). With `site_norm` ("diff" only),
+     each site's block is first divided by the largest norm it reaches in the training split (`fit`, floored at
+     site_norm_floor x the median over sites), so each variant enters at the scale of its own effect while its
+     allele frequency still sets its variance: a per-feature standardisation (the head's input_norm) would
+     give rare variants the weight of common ones, so configs using it turn input_norm off;
   3. regions -> concat (default, (B, R*...)): each region is a distinct locus, keep its identity (a per-locus design
      matrix; R fixed by the data config) | mean (for a varying or very large set of regions).
 Identical sequences in a batch (shared reference haplotypes, homozygous regions) are embedded once (`dedup`), and
@@ -35,9 +39,11 @@ Otherwise the backbone is fine-tuned, optionally with gradient checkpointing (no
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+from torch.utils.data import default_collate
 
 from genomics.alphabet import PAD_ID
 from genomics.caduceus.config import CaduceusConfig
@@ -89,6 +95,8 @@ class CaduceusGenomicsEncoder(Freezable):
         reference_ids: Tensor | None = None,  # (R, L) the regions' reference, tokenised (transform encoder_inputs)
         reference_sites: Tensor | None = None,  # (R, S) site offsets in it; "sites"/"diff" take S from it
         cache_dir: str | None = None,  # frozen only: disk cache of pooled embeddings (genomics.embedding_cache)
+        site_norm: bool = False,  # "diff": divide each site's block by its training maximum (fit; see fit)
+        site_norm_floor: float = 0.1,  # site_norm: scales are at least this x the median site maximum
     ):
         super().__init__()
         if region_pool not in ("concat", "mean"):
@@ -101,6 +109,8 @@ class CaduceusGenomicsEncoder(Freezable):
                 f"pool={pool!r} needs the VCF sites: use genomics.transforms.PersonalSequenceTokens(sites=True), "
                 "whose encoder_inputs() give reference_ids and reference_sites"
             )
+        if site_norm and pool != "diff":
+            raise ValueError(f"site_norm scales reference-subtracted site features: it needs pool='diff', got {pool!r}")
         if checkpoint is None and config is None:
             raise ValueError("give a checkpoint folder (e.g. from experiment=pretrain_caduceus) or a config")
         backbone = Caduceus.from_pretrained(checkpoint) if checkpoint else Caduceus(CaduceusConfig(**dict(config)))
@@ -119,6 +129,10 @@ class CaduceusGenomicsEncoder(Freezable):
             if value is not None:  # not in the state dict: the transform gives them again (export, resume)
                 self.register_buffer(name, torch.as_tensor(value, dtype=torch.long), persistent=False)
         self.n_sites = int(reference_sites.shape[-1]) if reference_sites is not None else 0
+        self.site_norm, self.site_norm_floor = bool(site_norm), float(site_norm_floor)
+        if self.site_norm:  # in the state dict: a checkpoint carries its training-split scales
+            self.register_buffer("site_scale", torch.ones(n_regions, self.n_sites))  # (R, S)
+            self.register_buffer("fitted", torch.tensor(False))
         d = backbone.config.d_model
         per_region = self.n_sites * d if pool != "mean" and site_pool == "concat" else d
         pooled_dim = n_regions * per_region if region_pool == "concat" else per_region
@@ -214,8 +228,9 @@ class CaduceusGenomicsEncoder(Freezable):
             raise ValueError(f"built for {self.n_sites} sites per region (reference_sites), got {sites.shape[-1]}")
         return sites
 
-    def _pool_sites(self, ids: Tensor, sites: Tensor) -> Tensor:
-        """ids (B, R, H, L), sites (B, R, H, S) -> (B, R, S*D) ("concat") | (B, R, D) ("mean")."""
+    def _site_features(self, ids: Tensor, sites: Tensor) -> tuple[Tensor, Tensor]:
+        """ids (B, R, H, L), sites (B, R, H, S) -> (B, R, S, D) haplotype-averaged site features (minus the
+        reference's for "diff"; an absent site counts as zeros), and (B, R, S, 1) whether any haplotype has it."""
         b, r, h, length = ids.shape
         s = sites.shape[-1]
         emb = self.embed_sequences(ids.reshape(-1, length), sites.reshape(-1, s)).reshape(b, r, h, s, -1)
@@ -224,8 +239,39 @@ class CaduceusGenomicsEncoder(Freezable):
             ref = self.embed_sequences(self.reference_ids, self.reference_sites)  # (R, S, D), memoised
             present = present & (self.reference_sites >= 0)[None, :, None, :, None]
             emb = emb - ref[None, :, None]
-        emb = (emb * present).mean(2)  # (B, R, S, D), haplotypes averaged (an absent site counts as zeros)
+        return (emb * present).mean(2), present.any(2)  # (B, R, S, D), (B, R, S, 1)
+
+    def _pool_sites(self, ids: Tensor, sites: Tensor) -> Tensor:
+        """ids (B, R, H, L), sites (B, R, H, S) -> (B, R, S*D) ("concat") | (B, R, D) ("mean")."""
+        emb, present = self._site_features(ids, sites)
+        if self.site_norm:
+            if not bool(self.fitted):
+                raise RuntimeError("site_norm=True needs fit() on the training subjects' inputs before use")
+            emb = emb / self.site_scale[None, :, :, None].to(emb.dtype)
         if self.site_pool == "concat":
             return emb.flatten(2)  # (B, R, S*D)
-        n = present.any(2).sum(2).clamp_min(1)  # (B, R, 1) sites present in the region
-        return emb.sum(2) / n  # (B, R, D)
+        return emb.sum(2) / present.sum(2).clamp_min(1)  # (B, R, D), the mean over the sites present
+
+    def fit(self, inputs: Iterable, batch_size: int = 32) -> None:
+        """site_norm: each site's scale = the largest norm its (haplotype-averaged, reference-subtracted) feature
+        block reaches over `inputs` (the training subjects' transform outputs, one dict each), floored at
+        site_norm_floor x the median over sites of that maximum (a site no training subject carries is not blown
+        up). A no-op otherwise. Sets `fitted`."""
+        if not self.site_norm:
+            return
+        best = torch.zeros_like(self.site_scale)  # (R, S)
+        batch: list = []
+        device = self.site_scale.device
+        with torch.no_grad():
+            for item in [*inputs, None]:
+                if item is not None:
+                    batch.append(item)
+                if batch and (item is None or len(batch) == batch_size):
+                    x = {k: v.to(device) for k, v in default_collate(batch).items()}
+                    emb, _ = self._site_features(x["ids"], self._sites_of(x))  # (B, R, S, D)
+                    best = torch.maximum(best, emb.float().norm(dim=-1).amax(0))
+                    batch = []
+        seen = best[best > 0]
+        floor = self.site_norm_floor * seen.median() if len(seen) else torch.tensor(1.0)
+        self.site_scale.copy_(torch.maximum(best, floor.clamp_min(1e-12)))
+        self.fitted.fill_(True)

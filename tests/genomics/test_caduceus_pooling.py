@@ -246,3 +246,28 @@ def test_disk_cache_second_run_makes_no_backbone_pass(tmp_path, pool):
     assert calls and len(list(tmp_path.iterdir())) == 2
     plain, _, _ = run(0)
     torch.testing.assert_close(plain, first, rtol=0, atol=1e-6)
+
+
+def test_site_norm_scales_each_site_by_its_training_maximum():
+    x, ref = inputs(b=4)
+    kw = dict(n_regions=3, config=dict(rcps=True, **TINY), pool="diff", window=1, **ref)
+    torch.manual_seed(0)
+    raw = CaduceusGenomicsEncoder(**kw)
+    torch.manual_seed(0)
+    enc = CaduceusGenomicsEncoder(site_norm=True, **kw)
+    items = [{k: v[i] for k, v in x.items()} for i in range(4)]  # what the module's fit_inputs hand over
+    with pytest.raises(RuntimeError, match="fit"):
+        enc(x)
+    enc.fit(iter(items), batch_size=3)
+    assert bool(enc.fitted) and {"site_scale", "fitted"} <= set(enc.state_dict())
+    with torch.no_grad():
+        out, base = enc(x).reshape(4, 3, 4, 8), raw(x).reshape(4, 3, 4, 8)
+    best = base.norm(dim=-1).amax(0)  # (R, S)
+    floor = 0.1 * best[best > 0].median()
+    torch.testing.assert_close(enc.site_scale, torch.maximum(best, floor), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, base / enc.site_scale[None, :, :, None], rtol=1e-5, atol=1e-6)
+    assert out.norm(dim=-1).amax(0).max() <= 1 + 1e-5  # every site's largest training block has norm <= 1
+    with torch.no_grad():  # still strand and haplotype-order invariant: the scales are per site
+        torch.testing.assert_close(enc({k: v.flip(2) for k, v in x.items()}), enc(x), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="pool='diff'"):
+        CaduceusGenomicsEncoder(**(kw | {"pool": "sites"}), site_norm=True)
