@@ -38,6 +38,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from genomics.errors import GenomicsInputError, ReferenceMismatch
+
 END = -2  # a vector-end GT slot (the sample has fewer alleles than the record's ploidy)
 IUPAC = {1: "A", 2: "C", 3: "M", 4: "G", 5: "R", 6: "S", 7: "V", 8: "T", 9: "W", 10: "Y", 11: "H", 12: "K", 13: "D"}
 IUPAC |= {14: "B", 15: "N"}
@@ -174,7 +176,10 @@ def make_edit(v: Variant, allele: int | str | None, missing: str = "N") -> Edit 
     if isinstance(allele, str):
         return Edit(v.chrom, v.start, v.ref, allele)
     if allele > len(alts):
-        raise ValueError(f"{v.chrom}:{v.start + 1}: genotype allele {allele} but the record has {len(alts)} ALT(s)")
+        raise GenomicsInputError(
+            f"{v.chrom}:{v.start + 1}: genotype allele {allele} but the record has {len(alts)} ALT(s); "
+            "the VCF record is malformed (`bcftools norm -c e` reports such records)"
+        )
     return Edit(v.chrom, v.start, v.ref, alts[allele - 1])
 
 
@@ -255,7 +260,7 @@ def apply_edits(
                 ok = prev_base_pos == pos and ref[0].upper() == prev_base.upper()
                 ok = ok and (rlen == 1 or current[1:].upper() == ref[1:rlen].upper())
                 if not ok:
-                    raise ValueError(
+                    raise ReferenceMismatch(
                         f"{where}: VCF REF {e.ref!r} (ALT {e.alt!r}) does not match the reference sequence "
                         f"{current!r}; the VCF and the FASTA are probably from different genome builds"
                     )

@@ -48,6 +48,7 @@ from genomics.consensus import (
     reference_to_haplotype,
 )
 from genomics.contigs import ContigError, ContigNames
+from genomics.errors import GenomicsFileNotFound, ReferenceMismatch, SampleNotFound
 from genomics.fasta_io import write_fasta
 from genomics.regions import Region
 
@@ -136,7 +137,7 @@ class PersonalHaplotypes:
 
             for path, what in ((self.reference, "reference FASTA"), (self.vcf, "VCF")):
                 if not path.exists():
-                    raise FileNotFoundError(f"{what} not found: {path}")
+                    raise GenomicsFileNotFound(f"{what} not found: {path}")
             fasta, vf = pysam.FastaFile(str(self.reference)), pysam.VariantFile(str(self.vcf))
             vcf_contigs = [*vf.header.contigs, *(c for c in (vf.index or ()) if c not in vf.header.contigs)]
             all_samples = list(vf.header.samples)
@@ -146,7 +147,10 @@ class PersonalHaplotypes:
                 names = ContigNames.resolve(self.regions, fasta.references, vcf_contigs, **files)
                 unknown = [s for s in wanted if s not in all_samples]
                 if unknown:
-                    raise KeyError(f"samples {unknown[:5]} are not samples of the VCF {self.vcf}")
+                    raise SampleNotFound(
+                        f"samples {unknown[:5]} are not samples of the VCF {self.vcf}; check the sample list or "
+                        "the VCF header (`bcftools query -l`)"
+                    )
             except (ContigError, KeyError):
                 fasta.close()
                 vf.close()
@@ -171,7 +175,9 @@ class PersonalHaplotypes:
     def sample_index(self, sample: str) -> int:
         self._open()
         if sample not in self._index:
-            raise KeyError(f"subject {sample!r} is not a sample of the VCF {self.vcf}")
+            raise SampleNotFound(
+                f"subject {sample!r} is not a sample of the VCF {self.vcf} (`bcftools query -l` lists them)"
+            )
         return self._index[sample]
 
     # --- genotypes, read once per region ---
@@ -308,8 +314,8 @@ class PersonalHaplotypes:
             origin: list[int] = []
             try:
                 g.cache[key] = apply_edits(g.ref_seq, g.region.start, edits, origin=origin)
-            except ValueError as err:
-                raise ValueError(f"{err} (VCF {self.vcf}, reference {self.reference})") from err
+            except ReferenceMismatch as err:
+                raise ReferenceMismatch(f"{err} (VCF {self.vcf}, reference {self.reference})") from err
             g.offsets[key] = reference_to_haplotype(origin, len(g.ref_seq))[self.reference_site_offsets(i)]
         return key
 

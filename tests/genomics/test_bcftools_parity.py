@@ -26,6 +26,7 @@ import pysam
 import pytest
 
 from genomics.contigs import ContigError
+from genomics.errors import ReferenceMismatch
 from genomics.personal import ConsensusWarning, PersonalHaplotypes
 from genomics.regions import read_bed
 
@@ -351,5 +352,5 @@ def test_ref_mismatch_names_site_alleles_and_files(corpus, tmp_path):
     pysam.tabix_index(str(tmp_path / "bad.vcf.gz"), preset="vcf")
     regions = [r for r in corpus["regions"] if r.name == "chr2"]
     haps = PersonalHaplotypes(corpus["ref"], tmp_path / "bad.vcf.gz", regions)
-    with pytest.raises(ValueError, match=rf"chr2:25: VCF REF '{cols[3]}'.*'{cols[4]}'.*bad.vcf.gz.*ref.fa"):
+    with pytest.raises(ReferenceMismatch, match=rf"chr2:25: VCF REF '{cols[3]}'.*'{cols[4]}'.*bad.vcf.gz.*ref.fa"):
         haps.haplotypes("hom", 0)

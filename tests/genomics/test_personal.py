@@ -14,6 +14,7 @@ import torch
 
 from genomics.alphabet import A_ID, C_ID, G_ID, PAD_ID, T_ID
 from genomics.contigs import ContigError, ContigNames, contig_key, match_contig
+from genomics.errors import GenomicsFileNotFound, ReferenceMismatch, SampleNotFound
 from genomics.fasta_io import write_fasta
 from genomics.personal import ConsensusWarning, PersonalHaplotypes, Variant, apply_variants
 from genomics.regions import Region, check_contigs, naming_hint, parse_bed, read_bed
@@ -89,7 +90,7 @@ def test_symbolic_alts_are_skipped():
 
 
 def test_ref_mismatch_names_the_site():
-    with pytest.raises(ValueError, match="chr1:102.*different genome builds"):
+    with pytest.raises(ReferenceMismatch, match="chr1:102.*different genome builds"):
         apply([V(102, "G", "A")], [1])
 
 
@@ -219,8 +220,11 @@ def test_regions_must_be_parsed_and_options_checked(tmp_path):
         PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", regions, missing="NN")
     haps = PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", regions, samples=["s3", "s1"])
     assert haps.samples == ["s3", "s1"]
-    with pytest.raises(KeyError, match="'nobody'"):
+    with pytest.raises(SampleNotFound, match=r"\['nobody'\] are not samples of the VCF .*v.vcf.gz"):
         PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "v.vcf.gz", regions, samples=["nobody"]).sample_index("s0")
+    with pytest.raises(GenomicsFileNotFound, match="VCF not found: .*absent.vcf.gz"):
+        PersonalHaplotypes(tmp_path / "ref.fa", tmp_path / "absent.vcf.gz", regions).sample_index("s0")
+    assert issubclass(SampleNotFound, KeyError) and issubclass(GenomicsFileNotFound, FileNotFoundError)
 
 
 def test_contig_names_match_across_spellings():
