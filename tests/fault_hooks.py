@@ -22,6 +22,18 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillInValidation(L.Callback):
+    """SIGKILL this process in the middle of the validation loop that follows training epoch `epoch` (after the
+    epoch's last step checkpoint, before validation has logged anything the checkpoint callback could use)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class DumpMetrics(L.Callback):
     """Write trainer.callback_metrics (full precision) to `path` when testing ends."""
 

@@ -102,17 +102,24 @@ def dump(path: Path) -> list[str]:
     return ["+callbacks.dump._target_=fault_hooks.DumpMetrics", f"+callbacks.dump.path={path}"]
 
 
+KILLS = {  # where the child dies -> (hook arguments, global step and datamodule position of the last.ckpt it leaves)
+    "mid-epoch": (["+callbacks.kill._target_=fault_hooks.KillAtStep", "+callbacks.kill.step=4"], 3, (1, 1)),
+    "in-validation": (["+callbacks.kill._target_=fault_hooks.KillInValidation", "+callbacks.kill.epoch=1"], 4, (1, 2)),
+}
+
+
 @pytest.mark.slow
-def test_killed_mid_epoch_and_resumed_ends_bit_identical(tmp_path, demo_cache, tiny_demo):
+@pytest.mark.parametrize("where", list(KILLS))
+def test_killed_and_resumed_ends_bit_identical(tmp_path, demo_cache, tiny_demo, where):
     straight = child(tmp_path, demo_cache, tiny_demo, tmp_path / "A", *dump(tmp_path / "a.json"))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    kill = ["+callbacks.kill._target_=fault_hooks.KillAtStep", "+callbacks.kill.step=4"]
+    kill, step, (epoch, done) = KILLS[where]
     killed = child(tmp_path, demo_cache, tiny_demo, tmp_path / "B", *kill)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = tmp_path / "B" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
-    assert ckpt["global_step"] == 3 and ckpt["AlignmentDataModule"] == {"epoch": 1, "train_batches_done": 1}
+    assert ckpt["global_step"] == step and ckpt["AlignmentDataModule"] == {"epoch": epoch, "train_batches_done": done}
 
     resumed = child(tmp_path, demo_cache, tiny_demo, tmp_path / "B", f"ckpt_path={last}", *dump(tmp_path / "b.json"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
