@@ -1,12 +1,14 @@
 """Backend dispatch for the Mamba-1 selective scan, mixer inner and whole mixer.
 
 backend:
-  "auto"  -> "cuda" when the tensors are on a CUDA device and mamba-ssm imports, else "cpu" when the fused CPU kernel
-             is available, else "torch".
+  "auto"  -> on CUDA tensors "cuda" when mamba-ssm imports, else "triton" when triton is installed, else "torch";
+             on CPU tensors "cpu" when the fused CPU kernel is available, else "torch".
   "torch" -> genomics.ssm.reference (pure PyTorch, sequential; runs everywhere, the test oracle).
   "cpu"   -> the fused CPU kernel (genomics.ssm.cpu_kernel; kb/cpu-kernel.md). It reads xz in place when its memory
              is time-major (xz = in_proj(h).transpose(1, 2)).
   "cuda"  -> mamba_ssm.ops.selective_scan_interface (the `[cuda]` extra).
+  "triton"-> Triton kernels (genomics.ssm.triton_scan; kb/triton.md): needs only triton and a CUDA PyTorch, no
+             compiled extension. CPU tensors only under Triton's interpreter (TRITON_INTERPRET=1; tests).
 Signatures and layouts are those of mamba_ssm (channels first: (B, D, L)). `mamba_mixer` also takes in_proj: on the
 "cpu" backend in inference it never materialises the (B, L, 2 * d_inner) in_proj output (tiled), elsewhere it is
 in_proj followed by `mamba_inner`.
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from genomics.ssm.reference import mamba_inner_ref, selective_scan_ref
 
-BACKENDS = ("auto", "torch", "cpu", "cuda")
+BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
 
 
 @functools.cache
@@ -44,6 +46,18 @@ def _cpu_ops():
     return cpu_kernel.mamba_inner_cpu, cpu_kernel.selective_scan_cpu, cpu_kernel.mamba_mixer_cpu
 
 
+@functools.cache
+def _triton_ops():
+    """The Triton backend's (mamba_inner, selective_scan), or None when triton is not installed."""
+    from genomics.ssm import triton_launch
+
+    if not triton_launch.available():
+        return None
+    from genomics.ssm import triton_scan
+
+    return triton_scan.mamba_inner_triton, triton_scan.selective_scan_triton
+
+
 def cuda_available() -> bool:
     return _cuda_ops() is not None
 
@@ -55,6 +69,8 @@ def resolve_backend(backend: str, device_type: str) -> str:
     if backend == "auto":
         if device_type == "cuda" and _cuda_ops() is not None:
             return "cuda"
+        if device_type == "cuda" and _triton_ops() is not None:
+            return "triton"
         if device_type == "cpu" and _cpu_ops() is not None:
             return "cpu"
         return "torch"
@@ -67,6 +83,14 @@ def resolve_backend(backend: str, device_type: str) -> str:
         raise RuntimeError(
             "SSM backend 'cpu' needs CPU tensors and the fused CPU kernel; use backend='auto' or 'torch'"
         )
+    if backend == "triton":
+        from genomics.ssm.triton_launch import device_ok
+
+        if _triton_ops() is None or not device_ok(device_type):
+            raise RuntimeError(
+                "SSM backend 'triton' needs the triton package and tensors on a CUDA device (CPU tensors only under "
+                "TRITON_INTERPRET=1); use backend='auto' or 'torch'"
+            )
     return backend
 
 
@@ -78,6 +102,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return _cuda_ops()[1](u, delta, A, B, C, **kwargs)
     if backend == "cpu":
         return _cpu_ops()[1](u, delta, A, B, C, **kwargs)
+    if backend == "triton":
+        return _triton_ops()[1](u, delta, A, B, C, **kwargs)
     return selective_scan_ref(u, delta, A, B, C, **kwargs)
 
 
@@ -103,6 +129,8 @@ def mamba_inner(
         return _cuda_ops()[0](*args, B=None, C=None, **kwargs)
     if backend == "cpu":
         return _cpu_ops()[0](*args, **kwargs)
+    if backend == "triton":
+        return _triton_ops()[0](*args, **kwargs)
     return mamba_inner_ref(*args, **kwargs)
 
 

@@ -74,7 +74,9 @@ def test_gradients_flow_to_every_parameter():
 
 def test_forcing_an_unavailable_backend_fails_clearly():
     with pytest.raises(ValueError, match="unknown SSM backend"):
-        Mamba(8, backend="triton")
+        Mamba(8, backend="tpu")
+    with pytest.raises(RuntimeError, match="triton"):  # CPU tensors (outside Triton's interpreter)
+        Mamba(8, backend="triton")(torch.randn(1, 3, 8))
     if not ops.cuda_available():
         with pytest.raises(RuntimeError, match="cuda"):
             Mamba(8, backend="cuda")(torch.randn(1, 3, 8))
