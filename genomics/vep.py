@@ -15,7 +15,7 @@ from pathlib import Path
 USAGE = (
     "usage: python -m genomics.vep vcf=VARIANTS.vcf.gz reference=REF.fa checkpoint=DIR out=DIR [window=1536]\n"
     "       [seq_len=4096] [cache=DIR (default OUT/embedding_cache)] [chunk_size=8] [block=256] [device=cpu]\n"
-    "       [ssm_backend=auto|torch|cpu|cuda] [progress=true|false]"
+    "       [ssm_backend=auto|torch|cpu|cuda|triton] [progress=true|false]"
 )
 REQUIRED = ("vcf", "reference", "checkpoint", "out")
 INTS = {"window": 1536, "seq_len": 4096, "chunk_size": 8, "block": 256}
@@ -63,8 +63,8 @@ def parse_args(argv: list[str]) -> dict:
     if not (kw["device"] == "cpu" or kw["device"].split(":")[0] == "cuda"):
         raise UsageError(f"device must be cpu, cuda or cuda:N, got {kw['device']!r}")
     backend = given.get("ssm_backend", OPTIONAL["ssm_backend"])
-    if backend not in ("auto", "torch", "cpu", "cuda"):
-        raise UsageError(f"ssm_backend must be auto, torch, cpu or cuda, got {backend!r}")
+    if backend not in ("auto", "torch", "cpu", "cuda", "triton"):
+        raise UsageError(f"ssm_backend must be auto, torch, cpu, cuda or triton, got {backend!r}")
     kw["ssm_backend"] = None if backend == "auto" else backend
     progress = given.get("progress", OPTIONAL["progress"]).lower()
     if progress not in BOOLS:

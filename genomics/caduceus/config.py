@@ -63,7 +63,7 @@ class CaduceusConfig(PretrainedConfig):
         bidirectional_weight_tie: bool = True,  # share in_proj and out_proj between the two directions
         rcps: bool = False,  # reverse-complement parameter sharing (Caduceus-PS); False = Caduceus-Ph
         complement_map: dict | None = None,  # token id -> complement id; default genomics.alphabet.COMPLEMENT_MAP
-        ssm_backend: str = "auto",  # genobrain only: "auto" | "torch" | "cpu" | "cuda" (genomics.ssm.ops)
+        ssm_backend: str = "auto",  # genobrain only: "auto" | "torch" | "cpu" | "cuda" | "triton" (genomics.ssm.ops)
         **kwargs,
     ):
         kwargs.pop("auto_map", None)  # the published files point at remote code; we never execute it

@@ -205,7 +205,7 @@ class CaduceusPreTrainedModel(PreTrainedModel):
                 module.tie_weights()
 
     def set_ssm_backend(self, backend: str) -> None:
-        """Force the selective-scan backend of every mixer: "auto" | "torch" | "cpu" | "cuda"."""
+        """Force the selective-scan backend of every mixer: one of genomics.ssm.ops.BACKENDS."""
         if backend not in ops.BACKENDS:
             raise ValueError(f"unknown SSM backend {backend!r}; choose one of {ops.BACKENDS}")
         for module in self.modules():

@@ -91,7 +91,7 @@ class CaduceusGenomicsEncoder(Freezable):
         cache_size: int = 1_000_000,  # frozen only: sequences whose embedding is memoised (0 = no cache)
         gradient_checkpointing: bool = False,  # only matters when not frozen
         projector: bool = False,  # append a CaduceusProjector (output_dim 512)
-        ssm_backend: str | None = None,  # force "torch" | "cpu" | "cuda"; None keeps the config's ("auto")
+        ssm_backend: str | None = None,  # force "torch" | "cpu" | "cuda" | "triton"; None keeps the config's
         reference_ids: Tensor | None = None,  # (R, L) the regions' reference, tokenised (transform encoder_inputs)
         reference_sites: Tensor | None = None,  # (R, S) site offsets in it; "sites"/"diff" take S from it
         cache_dir: str | None = None,  # frozen only: disk cache of pooled embeddings (genomics.embedding_cache)

@@ -11,7 +11,8 @@ Data flow, E = expand, D_in = E * d_model, N = d_state, R = dt_rank:
     y     = selective_scan(x, delta, A=-exp(A_log), B, C, D) * silu(z)
     out   = out_proj(y)                             # (B, L, d_model)
 Everything after in_proj runs in `genomics.ssm.ops.mamba_inner`, which picks a backend: the pure-PyTorch reference
-("torch"), the fused CPU kernel ("cpu") or mamba-ssm's CUDA kernels ("cuda"); "auto" chooses by device.
+("torch"), the fused CPU kernel ("cpu"), mamba-ssm's CUDA kernels ("cuda") or Triton kernels ("triton"); "auto"
+chooses by device.
 Generic on purpose: Caduceus (genomics) and BrainMT (brain) both use it.
 """
 
@@ -42,7 +43,7 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,  # lower clamp of the initial delta
         conv_bias: bool = True,
         bias: bool = False,  # bias of in_proj and out_proj
-        backend: str = "auto",  # "auto" | "torch" | "cpu" | "cuda", see genomics.ssm.ops
+        backend: str = "auto",  # "auto" | "torch" | "cpu" | "cuda" | "triton", see genomics.ssm.ops
         use_fast_path: bool = True,  # accepted for mamba_ssm config compatibility; `backend` decides the kernel
         layer_idx: int | None = None,  # accepted for mamba_ssm compatibility (inference cache index); unused
         device=None,
