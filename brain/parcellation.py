@@ -1,9 +1,23 @@
-"""Parcel time series from a 4D NIfTI with an atlas (nilearn NiftiLabelsMasker), cut into time windows.
+"""Parcel time series from a subject's fMRI runs with an atlas, cut into time windows (FC and BrainLM inputs).
 
 Transform for the parcel-based encoders (functional connectivity, BrainLM):
     ParcelTimeSeries(atlas)(fmri_path, train=..., rng=...) -> FloatTensor (W, T, P)
-Parcel signal = mean of its voxels (NaN voxels -> 0 first, as BrainLM does); the atlas is resampled to the scan when
-affines differ (nilearn, nearest-neighbour labels). Optional nilearn cleaning (detrend, band-pass, z-scoring).
+Inputs (brain.scans.input_kind): a 4D NIfTI (parcel means through nilearn's NiftiLabelsMasker; NaN voxels -> 0 first,
+as BrainLM does; the atlas is resampled to the scan when affines differ, nearest-neighbour labels; the run's brain
+mask, when the manifest gives one, restricts the parcels), a CIFTI-2 .dtseries.nii with a .dlabel.nii atlas
+(brain.cifti), or an already parcellated series (time x parcels, .npy/.tsv/.csv; the masker is skipped, P must equal
+the atlas's label count, columns in label order).
+
+Confounds (`confounds=none|simple|scrubbing|compcor`, brain.confounds): with a strategy, each run's confounds table
+(the manifest's `confounds` column) is read with nilearn's load_confounds_strategy and regressed out of the whole
+run's parcel series by nilearn.signal.clean together with detrend and the band-pass (one projection; the confounds
+are filtered like the signal), and censored volumes (scrubbing's high-motion ones, non-steady-state ones) are dropped
+before windows are cut, so no window contains them. Regressing parcel means equals averaging regressed voxels (the
+regression is linear; tests/brain/test_confounds.py checks it against NiftiLabelsMasker(confounds=...)), at a
+fraction of the cost. Windows are then z-scored (standardize). Without confounds, detrend/band-pass/z-scoring apply
+per window (as before). Several runs: brain.windows.cut_run_windows. TR (`t_r`, else the manifest's, else the
+header's) is checked against `expected_t_r` by review() (fusion.cohort reports it), or with resample_t_r=true each
+run whose TR differs is resampled to it in time (resample_series).
 """
 
 from __future__ import annotations
@@ -14,8 +28,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from brain.confounds import check_strategy, load_confounds
 from brain.errors import BrainInputError
-from brain.windows import cut_windows
+from brain.scans import Run, Scan, ScanReview, read_parcel_table, scan_for
+from brain.windows import cut_run_windows
 
 
 def load_bold(path: str | Path, *, min_frames: int = 2) -> nib.Nifti1Image:
@@ -37,12 +53,42 @@ def load_bold(path: str | Path, *, min_frames: int = 2) -> nib.Nifti1Image:
     return nib.Nifti1Image(data, img.affine, img.header)
 
 
+def is_cifti_atlas(atlas) -> bool:
+    return isinstance(atlas, nib.Cifti2Image) or str(atlas).lower().endswith(".dlabel.nii")
+
+
+def check_t_r(scan: Scan, expected: float | None, tolerance: float) -> list[str]:
+    """Messages for runs whose TR differs from `expected` by more than `tolerance` (relative), or is unknown."""
+    if expected is None:
+        return []
+    out = []
+    for run in scan.runs:
+        if run.t_r is None or not np.isfinite(run.t_r):
+            out.append(f"{run.path}: repetition time unknown (add a t_r column); the encoder expects {expected:g} s")
+        elif abs(run.t_r - expected) > tolerance * expected:
+            out.append(
+                f"{run.path}: repetition time {run.t_r:g} s, but the encoder was trained at {expected:g} s "
+                f"(brain.transform.expected_t_r; more than {tolerance:.0%} apart): its temporal patterns will not "
+                f"match; set brain.transform.resample_t_r=true, or use a model trained at this TR"
+            )
+    return out
+
+
+def resample_series(series: np.ndarray, times: np.ndarray, t_r: float) -> np.ndarray:
+    """(T, P) samples at `times` (s, ascending) -> (T', P) at a regular t_r from times[0] (scipy CubicSpline; censored
+    gaps are interpolated across)."""
+    from scipy.interpolate import CubicSpline
+
+    grid = times[0] + np.arange(int(np.floor((times[-1] - times[0]) / t_r)) + 1) * t_r
+    return CubicSpline(times, series, axis=0)(grid).astype(np.float32)  # (T', P)
+
+
 class ParcelTimeSeries:
-    """4D NIfTI -> (W, T, P) parcel time series windows; P = number of atlas labels (label order = sorted labels)."""
+    """fMRI runs -> (W, T, P) parcel time series windows; P = number of atlas labels (label order = sorted labels)."""
 
     def __init__(
         self,
-        atlas: str | Path | nib.Nifti1Image,  # label image (path or image held in memory), 0 = background
+        atlas: str | Path | nib.Nifti1Image,  # label image (NIfTI, or CIFTI .dlabel.nii), 0 = background
         labels: np.ndarray | None = None,  # its sorted non-zero labels when already known (the cohort's); else read
         window: int | None = None,  # frames per window (None: the whole scan, W = 1)
         n_eval_windows: int = 1,  # evenly spaced windows at evaluation
@@ -50,8 +96,13 @@ class ParcelTimeSeries:
         detrend: bool = False,
         low_pass: float | None = None,  # Hz; needs t_r
         high_pass: float | None = None,  # Hz; needs t_r
-        t_r: float | None = None,  # seconds; read from the header when None and filtering is on
+        t_r: float | None = None,  # seconds; else the manifest's t_r, else the header's
         cache: bool = True,  # keep each scan's parcel series in memory (per process) after the first read
+        confounds: str = "none",  # none | simple | scrubbing | compcor: regressed and censored (brain.confounds)
+        scans: dict[str, Scan] | None = None,  # {fmri path: Scan} (the cohort's): runs, confounds, masks, TRs
+        expected_t_r: float | None = None,  # the encoder's training TR (s), checked by review(); None = any
+        t_r_tolerance: float = 0.1,  # relative TR difference accepted by review()
+        resample_t_r: bool = False,  # resample runs whose TR differs to expected_t_r (cubic spline in time)
     ):
         self.atlas = atlas
         self._labels = None if labels is None else np.asarray(labels, dtype=int)
@@ -59,9 +110,12 @@ class ParcelTimeSeries:
         self.standardize, self.detrend = standardize, detrend
         self.low_pass, self.high_pass, self.t_r = low_pass, high_pass, t_r
         self.cache = cache
+        self.confounds = check_strategy(confounds)
+        self.scans = scans
+        self.expected_t_r, self.t_r_tolerance, self.resample_t_r = expected_t_r, t_r_tolerance, resample_t_r
         self._masker = None  # built lazily, per process
-        self._series: dict[str, np.ndarray] = {}  # path -> (T, P), when cache is on
-        self._t_r: dict[str, float] = {}  # path -> repetition time from the scan's header
+        self._series: dict[str, list[np.ndarray]] = {}  # path -> runs' (T, P) series, when cache is on
+        self._t_r: dict[str, float] = {}  # path -> repetition time of its first run (for per-window filtering)
 
     def __getstate__(self):  # picklable for dataloader workers
         return {**self.__dict__, "_masker": None, "_series": {}, "_t_r": {}}
@@ -74,62 +128,155 @@ class ParcelTimeSeries:
             self._labels = np.unique(data[data != 0]).astype(int)
         return self._labels
 
-    def _atlas_image(self) -> nib.Nifti1Image:
-        if isinstance(self.atlas, nib.spatialimages.SpatialImage):
+    def _atlas_image(self):
+        if isinstance(self.atlas, nib.spatialimages.SpatialImage | nib.Cifti2Image):
             return self.atlas
         if not Path(self.atlas).exists():
             raise FileNotFoundError(f"atlas not found: {self.atlas}")
         self.atlas = nib.load(str(self.atlas))
         return self.atlas
 
-    def _get_masker(self):
-        if self._masker is None:
-            from nilearn.maskers import NiftiLabelsMasker
+    def _get_masker(self, mask: str | None = None):
+        from nilearn.maskers import NiftiLabelsMasker
 
-            self._n_parcels = len(self.labels)
-            self._masker = NiftiLabelsMasker(
-                labels_img=self._atlas_image(), strategy="mean", resampling_target="data", standardize=None
-            ).fit()
+        if is_cifti_atlas(self.atlas):
+            raise BrainInputError("a CIFTI .dlabel.nii atlas parcellates .dtseries.nii inputs, not NIfTI volumes")
+        kwargs = dict(labels_img=self._atlas_image(), strategy="mean", resampling_target="data", standardize=None)
+        if mask is not None:  # per run: not kept
+            return NiftiLabelsMasker(mask_img=str(mask), **kwargs).fit()
+        if self._masker is None:
+            self._masker = NiftiLabelsMasker(**kwargs).fit()
         return self._masker
 
-    def parcel_series(self, fmri_path: str | Path) -> np.ndarray:
-        """The whole scan as (T, P) float32 parcel means (no cleaning)."""
+    def _raw(self, run: Run) -> tuple[np.ndarray, float | None]:
+        """(run's (T, P) float32 parcel means, its TR in seconds or None)."""
+        kind, p = run.kind, len(self.labels)
+        if kind == "parcels":
+            series = read_parcel_table(run.path)
+            if series.shape[1] != p:
+                raise BrainInputError(
+                    f"{run.path}: {series.shape[1]} columns, but the atlas has {p} parcels; a parcellated series "
+                    f"needs one column per atlas label, in label order"
+                )
+            return series, run.t_r
+        if kind == "cifti":
+            from brain.cifti import cifti_parcel_series, cifti_shape
+
+            if not is_cifti_atlas(self.atlas):
+                raise BrainInputError(f"{run.path}: a .dtseries.nii needs a .dlabel.nii atlas (data.atlas=...)")
+            series = cifti_parcel_series(run.path, self._atlas_image(), self.labels)
+            return series, run.t_r if run.t_r is not None else cifti_shape(run.path)[1]
+        img = load_bold(run.path)
+        series = self._get_masker(run.mask).transform(img).astype(np.float32)  # (T, P')
+        if series.shape[1] != p:
+            raise BrainInputError(
+                f"{run.path}: {series.shape[1]} of the atlas's {p} parcels fall inside the scan's field of view"
+                + (f" and brain mask {run.mask}" if run.mask else "")
+                + "; check the scan is in the atlas space"
+            )
+        return series, run.t_r if run.t_r is not None else float(img.header.get_zooms()[3])
+
+    def run_series(self, fmri_path: str | Path) -> list[np.ndarray]:
+        """The subject's runs as (T_r, P) float32 series: raw parcel means (confounds none), or with the confounds
+        regressed (with detrend and band-pass) and censored volumes dropped; resampled to expected_t_r when
+        resample_t_r is on and the run's TR differs."""
         key = str(fmri_path)
         if key in self._series:
             return self._series[key]
-        masker = self._get_masker()
-        img = load_bold(fmri_path)
-        series = masker.transform(img).astype(np.float32)  # (T, P')
-        if series.shape[1] != self._n_parcels:
-            raise BrainInputError(
-                f"{fmri_path}: {series.shape[1]} of the atlas's {self._n_parcels} parcels fall inside the scan's field "
-                f"of view; check the scan is in the atlas space"
-            )
-        if self.t_r is None:
-            self._t_r[key] = float(img.header.get_zooms()[3])  # seconds, for band-pass filtering
+        out = []
+        for i, run in enumerate(scan_for(self.scans, fmri_path).runs):
+            series, t_r = self._raw(run)
+            t_r = self.t_r if self.t_r is not None else t_r
+            kept = np.arange(series.shape[0])  # volume indices of the rows of `series`
+            if self.confounds != "none":
+                series, kept = self._regress(series, run, t_r)
+            if self._resamples(t_r):
+                series = resample_series(series, kept * t_r, self.expected_t_r)
+                t_r = self.expected_t_r
+            if i == 0 and t_r is not None:
+                self._t_r[key] = t_r
+            out.append(series)
         if self.cache:
-            self._series[key] = series
-        return series
+            self._series[key] = out
+        return out
+
+    def _resamples(self, t_r: float | None) -> bool:
+        if not self.resample_t_r or self.expected_t_r is None or t_r is None:
+            return False
+        return abs(t_r - self.expected_t_r) > self.t_r_tolerance * self.expected_t_r
+
+    def parcel_series(self, fmri_path: str | Path) -> np.ndarray:
+        """The first run as (T, P) float32 (run_series)."""
+        return self.run_series(fmri_path)[0]
+
+    def _regress(self, series: np.ndarray, run: Run, t_r: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """(cleaned (T kept, P) series, indices of the kept volumes)."""
+        from nilearn.signal import clean
+
+        if run.confounds is None:
+            raise BrainInputError(self._no_table(run))
+        confounds, sample_mask = load_confounds(run.confounds, self.confounds, n_volumes=series.shape[0])
+        if (self.low_pass or self.high_pass) and t_r is None:
+            raise BrainInputError(f"{run.path}: band-pass filtering needs the repetition time; add a t_r column")
+        out = clean(
+            series, confounds=confounds, sample_mask=sample_mask, detrend=self.detrend, standardize=None,
+            standardize_confounds=True, low_pass=self.low_pass, high_pass=self.high_pass, t_r=t_r,
+        )  # fmt: skip
+        kept = np.arange(series.shape[0]) if sample_mask is None else sample_mask
+        return np.asarray(out, dtype=np.float32), kept
+
+    def _no_table(self, run: Run) -> str:
+        return (
+            f"{run.path}: confounds={self.confounds} but the manifest names no confounds table for it; add a "
+            f"`confounds` column (python -m fusion.manifest writes it) or set brain.transform.confounds=none"
+        )
+
+    def review(self, scan: Scan) -> ScanReview:
+        """Before training (fusion.cohort): volumes kept per run after censoring, the TR check, and what makes the
+        subject unusable (a confounds table missing or unreadable)."""
+        review = ScanReview()
+        if not self.resample_t_r:
+            review.t_r = check_t_r(scan, self.expected_t_r, self.t_r_tolerance)
+        for run in scan.runs:
+            n = run.n_volumes or 0
+            review.total += n
+            kept = n
+            if self.confounds != "none":
+                if run.confounds is None:
+                    review.errors.append(self._no_table(run))
+                    continue
+                try:
+                    _, sample_mask = load_confounds(run.confounds, self.confounds, n_volumes=run.n_volumes)
+                except (BrainInputError, FileNotFoundError) as err:
+                    review.errors.append(str(err))
+                    continue
+                kept = n if sample_mask is None else len(sample_mask)
+            review.lost += n - kept
+            if self._resamples(run.t_r):
+                kept = int(np.floor((kept - 1) * run.t_r / self.expected_t_r)) + 1
+            review.usable.append(kept)
+        return review
 
     def __call__(self, fmri_path: str | Path, *, train: bool = False, rng=None) -> torch.Tensor:
-        series = self.parcel_series(fmri_path)  # (T, P)
-        windows = cut_windows(
-            series, self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path)
+        runs = self.run_series(fmri_path)  # [(T_r, P)]
+        windows = cut_run_windows(
+            runs, self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path)
         )  # (W, T, P)
         return torch.from_numpy(np.stack([self._clean(w, fmri_path) for w in windows]))
 
     def _clean(self, series: np.ndarray, fmri_path) -> np.ndarray:
-        if not (self.standardize or self.detrend or self.low_pass or self.high_pass):
+        filtered = self.confounds == "none"  # with confounds, detrend and band-pass ran on the whole run
+        if not (self.standardize or (filtered and (self.detrend or self.low_pass or self.high_pass))):
             return series
         from nilearn.signal import clean
 
         t_r = self.t_r if self.t_r is not None else self._t_r.get(str(fmri_path))
         out = clean(
             series,
-            detrend=self.detrend,
+            detrend=self.detrend and filtered,
             standardize="zscore_sample" if self.standardize else None,
-            low_pass=self.low_pass,
-            high_pass=self.high_pass,
+            low_pass=self.low_pass if filtered else None,
+            high_pass=self.high_pass if filtered else None,
             t_r=t_r,
         )
         return out.astype(np.float32)

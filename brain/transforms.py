@@ -1,12 +1,18 @@
 """Transforms from a 4D NIfTI to the fMRI encoders' native inputs (see fusion/encoders.py for the contract).
 
     BrainLMParcels(atlas, atlas_coords)(path, train=, rng=) -> (W, T, P)          BrainLM (both families)
-        parcel means (brain.parcellation.ParcelTimeSeries, nilearn NiftiLabelsMasker) -> robust scaling per parcel
-        (brain.preprocess.robust_scale) -> windows of T frames. The encoder holds the parcels' xyz (same table).
+        parcel means (brain.parcellation.ParcelTimeSeries: NIfTI through nilearn NiftiLabelsMasker, CIFTI, or an
+        already parcellated series; confounds regressed and censored volumes dropped when `confounds` is set) ->
+        robust scaling per parcel and run (brain.preprocess.robust_scale) -> windows of T frames from all runs. The
+        encoder holds the parcels' xyz (same table). The TR is checked against `expected_t_r` (the published
+        configs: BrainLM's UK Biobank TR, 0.735 s) by review(), or resampled to it (resample_t_r).
     VolumeWindows(layout="swift")(path, ...)   -> (W, 1, X, Y, Z, T)               SwiFT
     VolumeWindows(layout="brainmt")(path, ...) -> (W, T, 1, Y, X, Z)               BrainMT (upstream's axis order)
         z-normalisation over the foreground, background = min -> cut the frames of the windows -> resample to the
-        encoder's voxel size when the affines differ -> crop/pad to the encoder's grid.
+        encoder's voxel size when the affines differ -> crop/pad to the encoder's grid. The run's brain mask (the
+        manifest's `mask`) is the foreground when given (fMRIPrep's BOLD is not skull-stripped); else the voxels that
+        are non-zero in some frame. Volumes only: review() refuses CIFTI and parcellated inputs, naming the subject;
+        a subject's first run is used.
 
 Windows (brain.windows.window_starts): training draws one random window (W = 1); evaluation takes n_eval_windows
 evenly spaced windows that depend only on the scan length, so embeddings are reproducible. A scan shorter than the
@@ -32,7 +38,8 @@ from brain.preprocess import (
     robust_scale,
     znorm_volume,
 )
-from brain.windows import cut_windows, window_starts
+from brain.scans import Scan, ScanReview, scan_for
+from brain.windows import cut_run_windows, window_starts
 
 
 class BrainLMParcels:
@@ -47,13 +54,26 @@ class BrainLMParcels:
         n_eval_windows: int = 4,  # evenly spaced windows averaged at evaluation
         scaling: str = "robust",  # "robust" | "robust_upstream" (issue #19 formula) | "zscore" | "none"
         robust_stats: str | Path | None = None,  # .npz with cohort `median`, `iqr` (P,); None = per-scan statistics
+        confounds: str = "none",  # none | simple | scrubbing | compcor (brain.confounds), before scaling
+        detrend: bool = False,  # with confounds: regressed together (nilearn.signal.clean)
+        low_pass: float | None = None,  # Hz, band-pass with the confounds (needs the TR)
+        high_pass: float | None = None,  # Hz
+        scans: dict[str, Scan] | None = None,  # {fmri path: Scan} (the cohort's): runs, confounds, masks, TRs
+        expected_t_r: float | None = None,  # the checkpoint's training TR (s), checked by review(); None = any
+        t_r_tolerance: float = 0.1,  # relative TR difference accepted
+        resample_t_r: bool = False,  # resample runs at another TR to expected_t_r (cubic spline in time)
     ):
         if scaling not in ("robust", "robust_upstream", "zscore", "none"):
             raise ValueError(f"scaling must be robust | robust_upstream | zscore | none, got {scaling!r}")
         self.atlas, self.atlas_coords = atlas, atlas_coords
         self.window, self.n_eval_windows = window, n_eval_windows
         self.scaling, self.robust_stats = scaling, robust_stats
-        self._parcels = ParcelTimeSeries(atlas, labels, window=None, standardize=False)
+        self.confounds = confounds  # (the cohort report names the strategy)
+        self._parcels = ParcelTimeSeries(
+            atlas, labels, window=None, standardize=False, detrend=detrend, low_pass=low_pass, high_pass=high_pass,
+            confounds=confounds, scans=scans, expected_t_r=expected_t_r, t_r_tolerance=t_r_tolerance,
+            resample_t_r=resample_t_r,
+        )  # fmt: skip
         self._stats = None
         self._checked = False
 
@@ -73,10 +93,11 @@ class BrainLMParcels:
             self._stats = (stats["median"], stats["iqr"])
         self._checked = True
 
-    def series(self, fmri_path: str | Path) -> np.ndarray:
-        """The whole scan as a scaled (T, P) float32 series."""
-        self._check_labels()
-        x = self._parcels.parcel_series(fmri_path)  # (T, P)
+    def review(self, scan: Scan) -> ScanReview:
+        """Volumes kept after censoring, the TR check (ParcelTimeSeries.review)."""
+        return self._parcels.review(scan)
+
+    def _scale(self, x: np.ndarray) -> np.ndarray:
         if self.scaling.startswith("robust"):
             median, iqr = self._stats if self._stats is not None else (None, None)
             formula = "upstream" if self.scaling == "robust_upstream" else "correct"
@@ -86,10 +107,21 @@ class BrainLMParcels:
             return ((x - x.mean(axis=0, keepdims=True)) / np.where(std > 0, std, 1.0)).astype(np.float32)
         return x
 
+    def run_series(self, fmri_path: str | Path) -> list[np.ndarray]:
+        """Each run as a scaled (T_r, P) float32 series."""
+        self._check_labels()
+        return [self._scale(x) for x in self._parcels.run_series(fmri_path)]
+
+    def series(self, fmri_path: str | Path) -> np.ndarray:
+        """The (first run of the) scan as a scaled (T, P) float32 series."""
+        return self.run_series(fmri_path)[0]
+
     def __call__(self, fmri_path: str | Path, *, train: bool = False, rng=None) -> torch.Tensor:
-        x = self.series(fmri_path)  # (T, P)
+        runs = self.run_series(fmri_path)  # [(T_r, P)]
         return torch.from_numpy(
-            cut_windows(x, self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path))
+            cut_run_windows(
+                runs, self.window, train=train, n_eval_windows=self.n_eval_windows, rng=rng, source=str(fmri_path)
+            )
         )  # (W, T, P)
 
 
@@ -107,6 +139,7 @@ class VolumeWindows:
         interpolation: str = "linear",  # nilearn interpolation for the BOLD data (the mask uses nearest)
         background: str = "min",  # background value after z-normalisation: "min" (upstream) | "zero"
         normalize: bool = True,  # per-scan z-normalisation over the foreground
+        scans: dict[str, Scan] | None = None,  # {fmri path: Scan} (the cohort's): kinds, masks
     ):
         if layout not in ("swift", "brainmt"):
             raise ValueError(f"layout must be 'swift' or 'brainmt', got {layout!r}")
@@ -114,12 +147,30 @@ class VolumeWindows:
         self.window, self.n_eval_windows, self.layout = int(window), n_eval_windows, layout
         self.voxel_size, self.reference, self.interpolation = voxel_size, reference, interpolation
         self.background, self.normalize = background, normalize
+        self.scans = scans
+
+    def review(self, scan: Scan) -> ScanReview:
+        """Refuses CIFTI and parcellated inputs (SwiFT and BrainMT read volumes), naming the subject."""
+        review = ScanReview(usable=[scan.runs[0].n_volumes or 0], total=scan.runs[0].n_volumes or 0)
+        for run in scan.runs:
+            if run.kind != "volume":
+                review.errors.append(
+                    f"{run.path} is a {'CIFTI dense series' if run.kind == 'cifti' else 'parcellated series'}; "
+                    f"{'SwiFT' if self.layout == 'swift' else 'BrainMT'} reads 4D NIfTI volumes: give volumes, or "
+                    f"use a parcel encoder (brain=fc, brainlm_mae, ...)"
+                )
+        return review
 
     def volumes(self, fmri_path: str | Path, frames: np.ndarray, img: nib.Nifti1Image | None = None) -> np.ndarray:
         """Normalised, resampled and cropped volumes of the given frames: (X, Y, Z, len(frames)) float32."""
         img = img if img is not None else load_bold(fmri_path, min_frames=1)
         data = np.asarray(img.dataobj, dtype=np.float32)  # (X, Y, Z, T), NaN already 0
-        mask = foreground_mask(data)
+        mask_path = scan_for(self.scans, fmri_path).runs[0].mask
+        if mask_path is not None:
+            mask = np.asarray(nib.load(str(mask_path)).dataobj).reshape(img.shape[:3]) > 0  # the run's grid
+            data[~mask] = 0.0
+        else:
+            mask = foreground_mask(data)
         if not mask.any():
             raise BrainInputError(f"{fmri_path}: every voxel is 0 (or NaN); nothing to normalise")
         fill = 0.0

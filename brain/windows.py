@@ -1,6 +1,7 @@
 """Windowing in time: one random window for training, a fixed set of evenly spaced windows for evaluation.
 
 Evaluation windows depend only on the scan length, so embeddings are reproducible; encoders average their embeddings.
+Several runs of a subject (cut_run_windows): windows are drawn from all of them, never across a run boundary.
 """
 
 from __future__ import annotations
@@ -34,8 +35,34 @@ def cut_windows(
     series: np.ndarray, window: int | None, *, train: bool, n_eval_windows: int, rng, source: str
 ) -> np.ndarray:
     """(T, ...) series -> (W, window, ...) windows along the first (time) axis, starts from window_starts."""
-    starts = window_starts(
-        series.shape[0], window, train=train, n_eval_windows=n_eval_windows, rng=rng, source=source
-    )
+    starts = window_starts(series.shape[0], window, train=train, n_eval_windows=n_eval_windows, rng=rng, source=source)
     length = series.shape[0] if window is None else window
     return np.stack([series[s : s + length] for s in starts])
+
+
+def cut_run_windows(
+    runs: list[np.ndarray], window: int | None, *, train: bool, n_eval_windows: int, rng, source: str
+) -> np.ndarray:
+    """A subject's runs, each (T_r, ...), -> (W, window, ...) windows that never cross a run boundary.
+
+    One run: cut_windows. Several: the valid start frames of all runs long enough form one list in run order;
+    training draws one start uniformly from it, evaluation takes n_eval_windows evenly spaced entries (so W stays
+    n_eval_windows whatever the number of runs, and batches collate). window None: the runs concatenated (W = 1)."""
+    if len(runs) == 1:
+        return cut_windows(runs[0], window, train=train, n_eval_windows=n_eval_windows, rng=rng, source=source)
+    if window is None:
+        return np.concatenate(runs, axis=0)[None]
+    starts = [(r, s) for r, x in enumerate(runs) for s in range(x.shape[0] - window + 1)]
+    if not starts:
+        longest = max(x.shape[0] for x in runs)
+        raise BrainInputError(
+            f"{source}: no run has {window} frames (longest {longest}); exclude this subject or lower the window length"
+        )
+    if train:
+        rng = rng if rng is not None else np.random.default_rng()
+        picks = [starts[int(rng.integers(0, len(starts)))]]
+    elif n_eval_windows <= 1:
+        picks = [starts[(len(starts) - 1) // 2]]
+    else:
+        picks = [starts[int(round(i))] for i in np.linspace(0, len(starts) - 1, n_eval_windows)]
+    return np.stack([runs[r][s : s + window] for r, s in picks])

@@ -25,14 +25,15 @@ import numpy as np
 import pandas as pd
 
 from brain.preprocess import AtlasCoords
+from brain.scans import Run, Scan
 from fusion import cohort_checks as checks_
 from fusion.cohort_checks import CohortFatal, Problem
 from fusion.errors import FusionInputError
 from fusion.genome_checks import MAX_REF_CHECKS, check_genome
-from fusion.scan_checks import LEVELS, ScanChecks
+from fusion.scan_checks import FILE_COLUMNS, LEVELS, AtlasInfo, ScanChecks, check_runs
+from fusion.splits import SPLITS
 from genomics.regions import Region, parse_bed
 
-SPLITS = ("train", "val", "test")
 REQUIRED = ("subject_id", "fmri")
 SCAN_COLUMNS = ("n_volumes", "t_r")  # read from each scan's header, once, by the cohort check
 MAX_LISTED = 50  # problems / excluded subjects printed by summary() (the report keeps all)
@@ -62,6 +63,8 @@ class CohortReport:
     n_regions: int = 0
     n_parcels: int = 0
     lines: dict[str, int] = field(default_factory=dict)  # subject id -> its manifest line (for later problems)
+    censored: dict[str, tuple[int, int]] = field(default_factory=dict)  # subject -> (volumes lost, of total)
+    censoring: str = ""  # the brain transform's confound strategy that censored them (exclude_short_scans)
 
     @property
     def errors(self) -> list[Problem]:
@@ -96,6 +99,17 @@ class CohortReport:
                 lines.append(f"  ... and {len(items) - limit} more (report.{attr} lists all, as fusion.validate)")
         if self.vcf_only:
             lines.append(f"{len(self.vcf_only)} VCF sample(s) have no manifest row and are ignored")
+        if self.censored:
+            lost = sorted(self.censored.items(), key=lambda kv: -kv[1][0])
+            total = sum(n for n, _ in self.censored.values())
+            lines.append(
+                f"volumes censored (brain.transform.confounds={self.censoring}: high-motion and non-steady-state "
+                f"volumes, dropped before windows): {total} in {sum(n > 0 for n, _ in self.censored.values())} of "
+                f"{len(lost)} subjects"
+            )
+            lines += [f"  {sid}: {n} of {of}" for sid, (n, of) in lost[:limit]]
+            if limit is not None and len(lost) > limit:
+                lines.append(f"  ... and {len(lost) - limit} more (report.censored lists all)")
         return "\n".join(lines)
 
 
@@ -113,6 +127,7 @@ class Cohort:
     coords: AtlasCoords | None = None  # parcel coordinates sorted by label (None without atlas_coords)
     covariates: dict[str, str] = field(default_factory=dict)  # manifest covariate -> "continuous" | "categorical"
     indexed_reference: Path | None = None  # a link to the FASTA indexed in the cache, when it had no index
+    scans: dict[str, Scan] = field(default_factory=dict)  # fmri (first run) -> the subject's runs (brain.scans)
 
     @property
     def n_regions(self) -> int:
@@ -146,31 +161,52 @@ class Cohort:
         if modality == "brain":
             return {
                 "atlas": self.atlas, "labels": self.labels, "atlas_coords": self.coords, "coords": self.coords,
-                "n_parcels": self.n_parcels,
+                "n_parcels": self.n_parcels, "scans": self.scans,
             }  # fmt: skip
         raise ValueError(f"modality must be 'genomics' or 'brain', got {modality!r}")
 
 
-def exclude_short_scans(cohort: Cohort, report: CohortReport, window: int | None, strict: bool = False) -> None:
-    """Subjects whose scan has fewer volumes than the brain encoder's `window` are excluded and reported (in place)."""
-    if not window:
+def exclude_short_scans(cohort: Cohort, report: CohortReport, transform, strict: bool = False) -> None:
+    """Subjects the brain transform cannot use are excluded and reported (in place). `transform`: the brain
+    transform, or only its window length (int or None). Its review(scan) (brain.scans.ScanReview), when it has one,
+    reports per subject what makes the scan unusable (a volume encoder given parcels, a confounds table that does not
+    load), TR mismatches (warnings; errors when strict) and the volumes censored (report.censored); then scans with
+    fewer usable volumes than its window are excluded."""
+    window = transform if transform is None or isinstance(transform, int) else getattr(transform, "window", None)
+    review = getattr(transform, "review", None)
+    if review is None and not window:
         return
-    subjects = cohort.subjects
-    short = subjects["n_volumes"] < window
-    for sid, path, n in subjects.loc[short, ["subject_id", "fmri", "n_volumes"]].itertuples(index=False):
-        report.excluded[sid] = f"{path}: {n} volumes, fewer than the brain encoder's window of {window}"
+    report.censoring = str(getattr(transform, "confounds", "none"))
+    subjects, drop = cohort.subjects, []
+    for row, (sid, path, n) in enumerate(subjects[["subject_id", "fmri", "n_volumes"]].itertuples(index=False)):
         where = f"{report.manifest}:{report.lines[sid]}" if sid in report.lines else str(report.manifest)
-        report.problems.append(
-            Problem(
-                "error",
-                where,
-                f"subject {sid!r}: {report.excluded[sid]}; lower brain.transform.window or drop the subject",
+        errors, usable = [], n
+        if review is not None:
+            scan = cohort.scans.get(path) or Scan(sid, (Run(path, t_r=subjects["t_r"].iat[row], n_volumes=n),))
+            found = review(scan)
+            errors += found.errors
+            for message in found.t_r:
+                if strict:
+                    errors.append(message)
+                else:
+                    report.problems.append(Problem("warning", where, f"subject {sid!r}: {message}"))
+            if report.censoring != "none":
+                report.censored[sid] = (found.lost, found.total)
+            usable = max(found.usable, default=0)
+        if window and usable < window and not errors:
+            after = f" after censoring ({n} before)" if usable != n else ""
+            errors.append(
+                f"{path}: {usable} volumes{after}, fewer than the brain encoder's window of {window}; lower "
+                f"brain.transform.window or drop the subject"
             )
-        )
-    if short.any():
+        if errors:
+            report.excluded[sid] = "; ".join(errors)
+            report.problems += [Problem("error", where, f"subject {sid!r}: {e}") for e in errors]
+            drop.append(row)
+    if drop:
         if strict:
             raise CohortError(report.summary(), report)
-        cohort.subjects = subjects[~short].reset_index(drop=True)
+        cohort.subjects = subjects.drop(index=subjects.index[drop]).reset_index(drop=True)
         report.split_counts = {s: int((cohort.subjects["split"] == s).sum()) for s in SPLITS}
     if cohort.subjects.empty:
         raise CohortError(f"no usable subject in the cohort:\n{report.summary()}", report)
@@ -264,14 +300,22 @@ def load_cohort(
     for handle in (vf, fasta):
         if handle is not None:
             handle.close()
-    atlas_img, labels = attempt("atlas", checks_.check_atlas, files["atlas"], problems) or (None, np.array([], int))
+    atlas_img, labels = attempt("atlas", _check_atlas, files["atlas"], problems) or (None, np.array([], int))
     coords = None
     if "atlas_coords" in files:
         coords = attempt("atlas_coords", checks_.check_coords, files["atlas_coords"], files["atlas"], labels, problems)
-    scans = ScanChecks(atlas_img, labels, checks) if atlas_img is not None else None
+    cifti = str(files["atlas"]).lower().endswith(".dlabel.nii")
+    scans = ScanChecks(atlas_img, labels, checks) if atlas_img is not None and not cifti else None
+    atlas_info = None
+    if len(labels):
+        models = atlas_img.header.get_axis(1) if cifti else None
+        atlas_info = AtlasInfo("cifti" if cifti else "volume", len(labels), models)
+    scan_map: dict[str, Scan] = {}
     subjects = pd.DataFrame(columns=[*REQUIRED, "split", *SCAN_COLUMNS])
     if "manifest" not in unusable:
-        subjects = _check_subjects(table, files["manifest"], samples, split_fractions, report, scans, root)
+        subjects, scan_map = _check_subjects(
+            table, files["manifest"], samples, split_fractions, report, scans, root, atlas_info
+        )
         if samples is not None:
             report.vcf_only = sorted(set(samples) - set(table["subject_id"].dropna().str.strip()))
     if scans is not None:
@@ -300,23 +344,35 @@ def load_cohort(
         for c in subjects.columns
         if c not in (*REQUIRED, "split", *SCAN_COLUMNS)
     }
-    cohort = Cohort(files, subjects, regions, lengths, atlas_img, labels, coords, covariates)
+    cohort = Cohort(files, subjects, regions, lengths, atlas_img, labels, coords, covariates, scans=scan_map)
     cohort.indexed_reference = indexed if indexed != files["reference"] else None
     return cohort, report
 
 
+def _check_atlas(path: Path, problems: list[Problem]):
+    """(atlas image in memory, sorted labels): a label NIfTI (cohort_checks.check_atlas) or a CIFTI-2 .dlabel.nii."""
+    if not str(path).lower().endswith(".dlabel.nii"):
+        return checks_.check_atlas(path, problems)
+    from brain.cifti import read_dlabel
+
+    try:
+        return read_dlabel(path)
+    except ValueError as err:
+        raise CohortFatal(str(err)) from err
+
+
 def _check_subjects(
     table, manifest: Path, samples: list[str] | None, split_fractions, report: CohortReport,
-    scans: ScanChecks | None = None, root: Path | None = None,
-) -> pd.DataFrame:  # fmt: skip
-    """Manifest rows -> usable subjects; every per-subject problem reported and the subject excluded (samples None:
-    the VCF is unusable, not checked here; scans None: no usable atlas, scans checked alone)."""
-    import nibabel as nib
-
+    scans: ScanChecks | None = None, root: Path | None = None, atlas: AtlasInfo | None = None,
+) -> tuple[pd.DataFrame, dict[str, Scan]]:  # fmt: skip
+    """Manifest rows -> (usable subjects, {fmri: Scan}); every per-subject problem reported and the subject excluded
+    (samples None: the VCF is unusable, not checked here; scans None: no usable NIfTI atlas, scans checked alone).
+    Each row's runs, confounds, masks and TR: fusion.scan_checks.check_runs."""
     table = table.dropna(how="all")  # blank lines (line numbers stay right: index = line - 2)
     report.n_manifest = len(table)
     reasons: dict[int, list[str]] = {}  # row index -> reasons
     volumes: dict[int, tuple[int, float]] = {}  # row index -> (volumes, repetition time in s) from the header
+    run_lists: dict[int, list] = {}  # row index -> its runs (brain.scans.Run)
 
     def bad(i: int, sid, message: str, short: str) -> None:
         who = f"subject {sid!r}: " if isinstance(sid, str) else ""
@@ -348,44 +404,23 @@ def _check_subjects(
                 bad(i, sid, f"unknown split {table['split'][i]!r}; use one of {SPLITS}", "unknown split")
         if samples is not None and sid not in samples:
             bad(i, sid, "not a sample of the VCF (no genotypes)", "not in VCF")
-        fmri = table["fmri"][i]
-        if not isinstance(fmri, str):
-            bad(i, sid, "empty fmri path", "no fMRI path")
-            continue
-        path = Path(fmri.strip()).expanduser()
-        path = path if path.is_absolute() else (manifest.parent / path)
-        table.loc[i, "fmri"] = str(path.absolute())
-        if root is not None and not checks_.inside(path, root):
-            bad(i, sid, f"fMRI path {fmri!r} resolves to {path.resolve()}, outside data.root={root}; refused",
-                "fMRI outside root")  # fmt: skip
-            continue
-        if not path.is_file():
-            bad(i, sid, f"fMRI file not found: {path}", "fMRI missing")
-            continue
-        try:
-            img = nib.load(str(path), keep_file_open=True)  # the header; volumes only when the checks read them
-        except Exception as err:  # nibabel raises several types
-            bad(i, sid, f"fMRI file is not a readable NIfTI ({err}): {path}", "fMRI unreadable")
-            continue
-        header = img.header
-        shape = header.get_data_shape()
-        if len(shape) != 4 or shape[3] < 2:
-            bad(i, sid, f"fMRI must be a 4D image with >= 2 volumes, got shape {shape}: {path}", "fMRI not 4D")
-            continue
-        found = scans.check(img, path) if scans is not None else []
+        runs, found = check_runs(table.loc[i].to_dict(), manifest, scans, atlas, root)
         for severity, message, short in found:
             if severity == "error":
                 bad(i, sid, message, short)
             else:
                 warn(i, sid, message)
-        if any(severity == "error" for severity, _, _ in found):
+        if runs is None:
             continue
-        volumes[i] = (int(shape[3]), float(header.get_zooms()[3]))
+        table.loc[i, "fmri"] = runs[0].path
+        volumes[i] = (max(r.n_volumes for r in runs), runs[0].t_r)
+        run_lists[i] = runs
     for i, why in reasons.items():
         key = ids[i] if isinstance(ids[i], str) else f"line {i + 2}"
         previous = report.excluded[key].split("; ") if key in report.excluded else []
         report.excluded[key] = "; ".join(dict.fromkeys(previous + why))
-    keep = table.drop(index=list(reasons)).copy()
+    keep = table.drop(index=list(reasons)).drop(columns=[c for c in FILE_COLUMNS if c in table.columns]).copy()
+    scan_map = {runs[0].path: Scan(ids[i], tuple(runs)) for i, runs in run_lists.items() if i not in reasons}
     keep["subject_id"] = keep["subject_id"].str.strip()
     keep["n_volumes"] = [volumes[i][0] for i in keep.index]
     keep["t_r"] = [volumes[i][1] for i in keep.index]
@@ -402,4 +437,4 @@ def _check_subjects(
                 pass  # a text covariate (sex, site, ...)
     fixed = (*REQUIRED, "split", *SCAN_COLUMNS)
     columns = [*fixed, *[c for c in keep.columns if c not in fixed]]
-    return keep[columns].reset_index(drop=True)
+    return keep[columns].reset_index(drop=True), scan_map

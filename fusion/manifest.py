@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from brain.bids import find_bold_runs
+from brain.scans import RUN_SEP
 from fusion.errors import USER_ERRORS, FusionInputError
 from fusion.splits import SPLITS, assign_splits
 
@@ -33,7 +34,6 @@ OPTIONS = {  # key -> default (None: optional, no default); `bids` and `out` are
     "bids": None, "out": None, "space": "MNI152NLin2009cAsym", "task": "rest", "res": None, "participants": None,
     "runs": "first", "split_seed": "0", "split_fractions": "0.7,0.15,0.15",
 }  # fmt: skip
-RUN_SEP = ";"  # joins a subject's runs in the fmri / confounds / mask columns (fusion.cohort splits on it)
 
 
 def read_participants(path: Path) -> pd.DataFrame:

@@ -9,14 +9,24 @@ scan (first, middle, last; nibabel dataobj slicing, never the whole scan) and "d
 NaN/Inf voxels (an error inside the parcels, which the loader would read as 0; a warning outside them) and parcels
 that are all zero in every volume read (no signal: the scan's mask misses them); "deep" also finds parcels whose mean
 never changes over time. Grids are compared once per distinct (shape, affine).
+
+    runs, found = check_runs(row, manifest, scans, atlas_info, root)   # a manifest row's runs (brain.scans.Run)
+
+check_runs reads a row's `fmri` (one or several runs), `confounds`, `mask` and `t_r` cells: each run's kind (NIfTI
+volume, CIFTI-2 dense series, parcellated table), header (volumes, TR) and companions (confounds rows = volumes, mask
+on the run's grid), then ScanChecks for volumes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from brain.scans import RUN_SEP, Run, input_kind, parcel_table_shape
 from fusion.cohort_checks import Problem
 
 LEVELS = ("cheap", "full", "deep")
@@ -204,3 +214,159 @@ def _gz_segments(path, starts: list[int], size: int, block: int = 1 << 16) -> It
 
 def _zooms(affine: np.ndarray) -> tuple[float, ...]:
     return tuple(round(float(z), 2) for z in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+# ------------------------------------------------------------------------------------- a manifest row's fMRI runs
+
+FILE_COLUMNS = ("confounds", "mask")  # per-run files beside `fmri` in the manifest (not covariates)
+
+
+@dataclass
+class AtlasInfo:
+    """What the run checks need of the atlas: its kind and size (and the grayordinates of a CIFTI one)."""
+
+    kind: str  # "volume" (label NIfTI) | "cifti" (.dlabel.nii)
+    n_parcels: int
+    models: object = None  # the dlabel's BrainModelAxis (CIFTI atlases)
+
+
+def _cells(value, n: int | None, column: str) -> list[str | None]:
+    """A manifest cell split on RUN_SEP; empty cell -> [None] * n (n: the number of runs, None for fmri itself)."""
+    if not isinstance(value, str) or not value.strip():
+        return [None] * (n or 1)
+    parts = [p.strip() or None for p in value.split(RUN_SEP)]
+    if n is not None and len(parts) != n:
+        raise ValueError(f"`{column}` lists {len(parts)} file(s) for {n} run(s); give one per run, `{RUN_SEP}`-joined")
+    return parts
+
+
+def _resolve(cell: str, manifest: Path) -> Path:
+    path = Path(cell).expanduser()
+    return (path if path.is_absolute() else manifest.parent / path).absolute()
+
+
+def _table_rows(path: Path) -> int:
+    """Data rows of a TSV (lines after the header, blank lines ignored)."""
+    with open(path, "rb") as fh:
+        return max(sum(1 for line in fh if line.strip()) - 1, 0)
+
+
+def check_runs(
+    row: dict, manifest: Path, scans: ScanChecks | None, atlas: AtlasInfo | None, root: Path | None = None
+) -> tuple[list[Run] | None, list[tuple[str, str, str]]]:
+    """(the row's runs, or None when the subject is unusable; (severity, message, short reason) problems).
+
+    `fmri` may list several runs (RUN_SEP); `confounds` / `mask` one file per run; `t_r` (seconds) wins over the
+    headers (a >1% disagreement is a warning). Per run: the file exists (inside root) and its header reads as its
+    kind (brain.scans.input_kind): a 4D NIfTI (checked against the atlas by ScanChecks), a CIFTI-2 dense series on
+    the dlabel atlas's grayordinates, or a time x parcels table with one column per atlas parcel. Confounds tables
+    must have one row per volume, masks the run's grid."""
+    from fusion.cohort_checks import inside
+
+    out: list[tuple[str, str, str]] = []
+    try:
+        paths = [p for p in _cells(row.get("fmri"), None, "fmri") if p is not None]
+        if not paths:
+            return None, [("error", "empty fmri path", "no fMRI path")]
+        extra = {c: _cells(row.get(c), len(paths), c) for c in FILE_COLUMNS}
+    except ValueError as err:
+        return None, [("error", str(err), "run lists differ")]
+    t_r_cell = pd.to_numeric(pd.Series([row.get("t_r")]), errors="coerce")[0]
+    manifest_t_r = float(t_r_cell) if np.isfinite(t_r_cell) and t_r_cell > 0 else None
+    if row.get("t_r") not in (None, "") and manifest_t_r is None and not pd.isna(row.get("t_r")):
+        out.append(("error", f"t_r {row.get('t_r')!r} is not a positive number of seconds", "bad t_r"))
+        return None, out
+    runs = []
+    for k, cell in enumerate(paths):
+        path = _resolve(cell, manifest)
+        if root is not None and not inside(path, root):
+            out.append(("error", f"fMRI path {cell!r} resolves to {path.resolve()}, outside data.root={root}; refused",
+                        "fMRI outside root"))  # fmt: skip
+            return None, out
+        if not path.is_file():
+            out.append(("error", f"fMRI file not found: {path}", "fMRI missing"))
+            return None, out
+        try:
+            kind = input_kind(path)
+        except ValueError as err:
+            out.append(("error", str(err), "fMRI type unknown"))
+            return None, out
+        n, header_t_r, found = _read_run(path, kind, scans, atlas)
+        out += found
+        if any(severity == "error" for severity, _, _ in found):
+            return None, out
+        files = {}
+        for column in FILE_COLUMNS:
+            if extra[column][k] is None:
+                continue
+            file = _resolve(extra[column][k], manifest)
+            if (root is not None and not inside(file, root)) or not file.is_file():
+                why = "outside data.root" if file.is_file() else "not found"
+                out.append(("error", f"{column} file {why}: {file}", f"{column} {why}"))
+                return None, out
+            files[column] = str(file)
+        if "confounds" in files and _table_rows(Path(files["confounds"])) != n:
+            rows = _table_rows(Path(files["confounds"]))
+            out.append(("error", f"confounds table {files['confounds']} has {rows} rows but {path} has {n} volumes; "
+                        "one row per volume needed", "confounds length"))  # fmt: skip
+            return None, out
+        if "mask" in files:
+            if kind != "volume":
+                out.append(("warning", f"mask {files['mask']} ignored: {path} is not a volume", ""))
+                del files["mask"]
+            else:
+                import nibabel as nib
+
+                img = nib.load(files["mask"])
+                if tuple(img.shape[:3]) != tuple(nib.load(str(path)).shape[:3]):
+                    out.append(("error", f"mask {files['mask']} has shape {img.shape}, not the grid of {path}",
+                                "mask grid"))  # fmt: skip
+                    return None, out
+        t_r = manifest_t_r if manifest_t_r is not None else header_t_r
+        if manifest_t_r is not None and header_t_r and abs(header_t_r - manifest_t_r) > 0.01 * manifest_t_r:
+            out.append(("warning", f"t_r {manifest_t_r:g} s differs from the header's {header_t_r:g} s of {path}; "
+                        "the manifest's is used", ""))  # fmt: skip
+        runs.append(Run(str(path), files.get("confounds"), files.get("mask"), t_r, n))
+    return runs, out
+
+
+def _read_run(path: Path, kind: str, scans: ScanChecks | None, atlas: AtlasInfo | None):
+    """(volumes, header TR or None, problems) of one run, reading headers only (volumes: ScanChecks' level)."""
+    import nibabel as nib
+
+    if kind == "parcels":
+        try:
+            n, p = parcel_table_shape(path)
+        except ValueError as err:
+            return 0, None, [("error", str(err), "series unreadable")]
+        if atlas is not None and p != atlas.n_parcels:
+            return n, None, [("error", f"{path}: {p} columns, but the atlas has {atlas.n_parcels} parcels; a "
+                              "parcellated series needs one column per atlas label, in label order",
+                              "parcel count")]  # fmt: skip
+        return n, None, [] if n >= 2 else [("error", f"{path}: {n} time points", "too short")]
+    if kind == "cifti":
+        from brain.cifti import cifti_shape
+
+        try:
+            n, t_r, models = cifti_shape(path)
+        except ValueError as err:
+            return 0, None, [("error", str(err), "fMRI unreadable")]
+        if atlas is not None and (atlas.kind != "cifti" or models != atlas.models):
+            why = "a .dlabel.nii atlas" if atlas.kind != "cifti" else "an atlas on the same grayordinates"
+            return n, t_r, [("error", f"{path}: a CIFTI dense series needs {why} (data.atlas=...)", "atlas mismatch")]
+        return n, t_r, []
+    try:
+        img = nib.load(str(path), keep_file_open=True)  # the header; volumes only when the checks read them
+    except Exception as err:  # nibabel raises several types
+        return 0, None, [("error", f"fMRI file is not a readable NIfTI ({err}): {path}", "fMRI unreadable")]
+    shape = img.header.get_data_shape()
+    if len(shape) != 4 or shape[3] < 2:
+        return 0, None, [("error", f"fMRI must be a 4D image with >= 2 volumes, got shape {shape}: {path}",
+                          "fMRI not 4D")]  # fmt: skip
+    if atlas is not None and atlas.kind != "volume":
+        return 0, None, [("error", f"{path}: a NIfTI volume needs a label NIfTI atlas, not a .dlabel.nii",
+                          "atlas mismatch")]  # fmt: skip
+    t_r = float(img.header.get_zooms()[3])
+    t_r = t_r / 1000.0 if img.header.get_xyzt_units()[1] == "msec" else t_r
+    found = scans.check(img, path) if scans is not None else []
+    return int(shape[3]), t_r, found

@@ -52,7 +52,7 @@ def build_inputs(cfg: DictConfig, checks: str = "cheap", raise_on_error: bool = 
     brain_transform = instantiate_with(cfg.brain.transform, cohort.inputs("brain"))
     strict = bool(cfg.data.get("strict", False)) and raise_on_error
     try:
-        exclude_short_scans(cohort, report, getattr(brain_transform, "window", None), strict=strict)
+        exclude_short_scans(cohort, report, brain_transform, strict=strict)  # its window and review()
     except CohortError:
         if raise_on_error:
             raise

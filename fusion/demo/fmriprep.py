@@ -11,8 +11,8 @@ the mean image), `sub-<L>_task-rest_run-<R>_desc-confounds_timeseries.tsv` + `.j
 parameters with derivatives and squares, csf / white_matter / global_signal likewise, framewise_displacement (Power:
 translations + 50 mm x rotations), std_dvars, dvars, cosine drift regressors, a_comp_cor_00..04, and
 non_steady_state_outlier00 (volume 0). `spikes` volumes get a jump in trans_x (FD > 0.5 mm, std_dvars > 1.5: what
-scrubbing censors). With `artefact` > 0 the BOLD itself gets motion/physiology-driven signal (each voxel a random
-mix of the motion and csf/wm regressors, `artefact` x the voxel's temporal std) and a global jump at the spikes, so
+scrubbing censors). With `artefact` > 0 the BOLD itself gets motion/physiology-driven signal (add_artefact: each
+voxel a mix of the motion and csf/wm regressors, `artefact` x its temporal std) and a global jump at the spikes, so
 regressing the confounds visibly changes connectivity. participants.tsv gets participant_id and the covariates.
 The tree is written in a temporary sibling folder renamed into place.
 """
@@ -87,14 +87,16 @@ def confounds_table(
 
 
 def add_artefact(img: nib.Nifti1Image, confounds: pd.DataFrame, rng, strength: float, spikes=()) -> nib.Nifti1Image:
-    """BOLD + confound-driven signal: each in-brain voxel gets a random mix of the z-scored motion and csf/wm
-    regressors at `strength` x its temporal std, and a global jump (2 std) at the spike volumes."""
+    """BOLD + confound-driven signal: each in-brain voxel gets a mix of the z-scored motion and csf/wm regressors (one
+    shared mix plus a voxel's own, half as strong) at `strength` x its temporal std, and a global jump (2 std) at the
+    spike volumes."""
     data = np.asarray(img.dataobj, dtype=np.float32)  # (X, Y, Z, T)
     brain = np.any(data != 0, axis=-1)
     x = data[brain]  # (V, T)
     regs = confounds[[*MOTION, "csf", "white_matter"]].to_numpy(dtype=np.float64)  # (T, 8)
     regs = (regs - regs.mean(0)) / np.where(regs.std(0) > 0, regs.std(0), 1.0)
-    weights = rng.normal(0.0, 1.0, (x.shape[0], regs.shape[1])) / np.sqrt(regs.shape[1])  # (V, 8)
+    shared = rng.normal(0.0, 1.0, (1, regs.shape[1]))  # the same mix everywhere (survives parcel averaging)
+    weights = (shared + 0.5 * rng.normal(0.0, 1.0, (x.shape[0], regs.shape[1]))) / np.sqrt(regs.shape[1])  # (V, 8)
     std = x.std(axis=1, keepdims=True)
     x = x + strength * std * (weights @ regs.T).astype(np.float32)  # (V, T)
     for s in spikes:
