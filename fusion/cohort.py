@@ -27,6 +27,7 @@ import pandas as pd
 from brain.preprocess import AtlasCoords
 from brain.scans import Run, Scan
 from fusion import cohort_checks as checks_
+from fusion import genotype_checks
 from fusion.cohort_checks import CohortFatal, Problem
 from fusion.errors import FusionInputError
 from fusion.genome_checks import MAX_REF_CHECKS, check_genome
@@ -118,7 +119,7 @@ class Cohort:
     """A loaded, checked cohort. Every file is parsed once, here; transforms, datamodule and model take what they need
     from this object (fusion.app.build), never from the files again."""
 
-    files: dict[str, Path]  # manifest, vcf, reference, regions, atlas[, atlas_coords]: the files as given
+    files: dict[str, Path]  # manifest, vcf, reference, regions, atlas[, atlas_coords, genotypes]: the files as given
     subjects: pd.DataFrame  # usable subjects: subject_id, fmri (absolute), split, n_volumes, t_r, then covariates
     regions: list[Region]  # usable BED regions after exclusion, file order (the R axis)
     contig_lengths: dict[str, int]  # reference FASTA contig -> length
@@ -156,7 +157,7 @@ class Cohort:
             train = self.subjects.loc[self.subjects["split"] == "train", "subject_id"].tolist()
             return {
                 "reference": self.reference, "vcf": self.vcf, "regions": self.regions, "n_regions": self.n_regions,
-                "train_subjects": train,
+                "train_subjects": train, "genotypes": self.files.get("genotypes", self.vcf),
             }  # fmt: skip
         if modality == "brain":
             return {
@@ -234,16 +235,21 @@ def load_cohort(
     checks: str = "cheap",
     root: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    genotypes: str | Path | None = None,
 ) -> tuple[Cohort, CohortReport]:
     """Read and check a cohort (module docstring). `checks`: "cheap" (headers, the first REF sites; what every
     training run does), "full" (also every REF site, the FASTA's alphabet in the regions, three volumes per scan) or
     "deep" (every volume); kb/validation.md. `root`: every cohort file and fMRI path must resolve inside it.
-    `cache_dir`: where a FASTA without an index gets one (never beside the FASTA)."""
+    `cache_dir`: where a FASTA without an index gets one (never beside the FASTA). `genotypes`: the dosage
+    baseline's genotype file when it is not the VCF (a PLINK 2 .pgen, PLINK 1 .bed or another VCF/BCF; checked by
+    fusion.genotype_checks: a subject must be a sample of both)."""
     if checks not in LEVELS:
         raise ValueError(f"checks must be one of {LEVELS}, got {checks!r}")
     files = {"manifest": manifest, "vcf": vcf, "reference": reference, "regions": regions, "atlas": atlas}
     if atlas_coords is not None:
         files["atlas_coords"] = atlas_coords
+    if genotypes is not None and Path(genotypes).expanduser() != Path(vcf).expanduser():
+        files["genotypes"] = genotypes
     files = {k: Path(v).expanduser() for k, v in files.items()}
     root = Path(root).expanduser().resolve() if root is not None else None
     report = CohortReport(files["manifest"])
@@ -282,6 +288,9 @@ def load_cohort(
         )
         unusable.add("manifest")
     samples, vcf_contigs, vf = attempt("vcf", checks_.check_vcf, files["vcf"], problems) or (None, set(), None)
+    gsource = None  # the genotype source, when data.genotypes is not the VCF
+    if "genotypes" in files:
+        gsource = attempt("genotypes", genotype_checks.open_source, files["genotypes"], problems)
     lengths, fasta, indexed = attempt("reference", checks_.check_reference, files["reference"], cache_dir) or (
         None, None, None
     )  # fmt: skip
@@ -295,9 +304,14 @@ def load_cohort(
             owner, check_genome, files["vcf"], vf, fasta, files["reference"], lengths, regions, problems,
             None if full else MAX_REF_CHECKS, full,
         )  # fmt: skip
+        if gsource is not None:
+            attempt(
+                "genotypes", genotype_checks.check_sites, gsource, fasta, files["reference"], lengths, regions,
+                problems, None if full else MAX_REF_CHECKS,
+            )  # fmt: skip
     elif "regions" not in unusable:  # no usable FASTA: the BED's own lines are still checked
         problems += [Problem("error", *p.split(": ", 1)) for p in parse_bed(files["regions"])[1]]
-    for handle in (vf, fasta):
+    for handle in (vf, fasta, gsource):
         if handle is not None:
             handle.close()
     atlas_img, labels = attempt("atlas", _check_atlas, files["atlas"], problems) or (None, np.array([], int))
@@ -318,6 +332,8 @@ def load_cohort(
         )
         if samples is not None:
             report.vcf_only = sorted(set(samples) - set(table["subject_id"].dropna().str.strip()))
+        if gsource is not None and "genotypes" not in unusable:
+            subjects = genotype_checks.pair_samples(subjects, gsource, report)
     if scans is not None:
         problems += scans.problems(str(files["manifest"]))
     if report.vcf_only:

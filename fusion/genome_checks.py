@@ -30,51 +30,78 @@ def check_genome(
     max_sites: int | None = MAX_REF_CHECKS, alphabet: bool = False,
 ) -> None:  # fmt: skip
     """REF alleles vs the FASTA (see module docstring); with alphabet=True, non-DNA characters in the regions."""
-    sequences: dict[int, str] = {}  # region index -> reference sequence (fetched once)
-
-    def region_sequence(i: int, r: Region) -> str:
-        if i not in sequences:
-            name = match_or_none(r.contig, lengths)
-            sequences[i] = fasta.fetch(name, r.start, min(r.end, lengths[name])) if name else ""
-        return sequences[i]
-
+    sequences = RegionSequences(fasta, lengths)
     if alphabet:
         for i, r in enumerate(regions):
-            _check_alphabet(r, region_sequence(i, r), fasta_path, problems)
+            _check_alphabet(r, sequences(i, r), fasta_path, problems)
     if vf is None:
         return
-    mismatches, checked = [], 0
-    for i, r, rec in _readable(_records_in_regions(vf, regions, max_sites), vcf_path):
-        ref = rec.ref or ""
+    sites = (
+        (i, r, rec.chrom, rec.start, rec.pos, rec.ref or "", tuple(rec.alts or ()), f"{vcf_path}:{rec.chrom}:{rec.pos}")
+        for i, r, rec in _readable(_records_in_regions(vf, regions, max_sites), vcf_path)
+    )
+    report_ref_mismatches(vcf_path, *compare_refs(sites, sequences), fasta_path, problems)
+
+
+class RegionSequences:
+    """(region index, region) -> the region's reference sequence, fetched once."""
+
+    def __init__(self, fasta, lengths: dict[str, int]):
+        self.fasta, self.lengths = fasta, lengths
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, i: int, r: Region) -> str:
+        if i not in self._cache:
+            name = match_or_none(r.contig, self.lengths)
+            self._cache[i] = self.fasta.fetch(name, r.start, min(r.end, self.lengths[name])) if name else ""
+        return self._cache[i]
+
+
+def compare_refs(sites, sequences: RegionSequences) -> tuple[list[tuple], int]:
+    """(mismatches [(where, chrom, pos, ref, fasta bases, alts)], sites checked) of the sites (region index, region,
+    chrom, 0-based start, pos, REF, ALTs, where) against the FASTA."""
+    mismatches, checked, lengths = [], 0, sequences.lengths
+    for i, r, chrom, start, pos, ref, alts, where in sites:
         name = match_or_none(r.contig, lengths)
-        if not ref or name is None or rec.start + len(ref) > lengths[name]:
+        if not ref or name is None or start + len(ref) > lengths[name]:
             continue
         checked += 1
-        offset = rec.start - r.start
-        seq = region_sequence(i, r)
+        offset = start - r.start
+        seq = sequences(i, r)
         fa = seq[offset : offset + len(ref)] if offset + len(ref) <= len(seq) else ""
         if len(fa) != len(ref):  # a REF running past the region's end
-            fa = fasta.fetch(name, rec.start, rec.start + len(ref))
+            fa = sequences.fasta.fetch(name, start, start + len(ref))
         if fa.upper() != ref.upper():
-            mismatches.append((rec.chrom, rec.pos, ref, fa))
-    for chrom, pos, ref, fa in mismatches[:MAX_LISTED_SITES]:
-        problems.append(
-            Problem(
-                "error",
-                f"{vcf_path}:{chrom}:{pos}",
+            mismatches.append((where, chrom, pos, ref, fa, alts))
+    return mismatches, checked
+
+
+def report_ref_mismatches(
+    path: Path, mismatches: list[tuple], checked: int, fasta_path: Path, problems: list, swap_hint: str = ""
+) -> None:  # fmt: skip
+    """Problems for compare_refs' mismatches: the first MAX_LISTED_SITES one by one, then a count. `swap_hint`: said
+    when some mismatching site has an ALT equal to the FASTA (REF and ALT exchanged, as PLINK 1 files can be)."""
+    swapped = sum(any(a.upper() == fa.upper() for a in alts) for _, _, _, _, fa, alts in mismatches)
+    for where, chrom, pos, ref, fa, alts in mismatches[:MAX_LISTED_SITES]:
+        if swap_hint and any(a.upper() == fa.upper() for a in alts):
+            message = f"REF {ref!r} differs from the reference FASTA {fasta_path} ({fa!r}) at {chrom}:{pos}, where "
+            message += f"an ALT {list(alts)} equals it: REF and ALT look swapped; {swap_hint}"
+        else:
+            message = (
                 f"REF {ref!r} differs from the reference FASTA {fasta_path} ({fa!r}) at {chrom}:{pos}: the VCF and "
                 "the FASTA are probably from different genome builds (use the FASTA the VCF was called against, or "
-                "lift the VCF over)",
+                "lift the VCF over)"
             )
-        )
+        problems.append(Problem("error", where, message))
     if len(mismatches) > MAX_LISTED_SITES:
-        sites = ", ".join(f"{c}:{p}" for c, p, _, _ in mismatches[MAX_LISTED_SITES : MAX_LISTED_SITES + 10])
+        sites = ", ".join(f"{c}:{p}" for _, c, p, *_ in mismatches[MAX_LISTED_SITES : MAX_LISTED_SITES + 10])
+        why = f" ({swapped} look REF/ALT-swapped: {swap_hint})" if swap_hint and swapped else ""
         problems.append(
             Problem(
                 "error",
-                str(vcf_path),
+                str(path),
                 f"{len(mismatches)} of {checked} checked REF alleles differ from {fasta_path} (the first "
-                f"{MAX_LISTED_SITES} are listed; more: {sites} ...)",
+                f"{MAX_LISTED_SITES} are listed; more: {sites} ...){why}",
             )
         )
 

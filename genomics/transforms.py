@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from genomics.alphabet import encode, pad_left
+from genomics.errors import SampleNotFound
 from genomics.personal import PersonalHaplotypes
 from genomics.regions import Region
 
@@ -123,8 +124,9 @@ class PersonalSequenceTokens:
 
 
 class GenotypeDosages:
-    """Subject id -> FloatTensor (S,) ALT allele dosages (0/1/2, NaN = missing) at every VCF site inside the regions,
-    one feature per ALT (genomics.dosage). The whole table is read once, on first use, per process.
+    """Subject id -> FloatTensor (S,) ALT allele dosages (0/1/2, NaN = missing) at every genotype site inside the
+    regions, one feature per ALT (genomics.dosage). `genotypes` is a VCF/BCF, a PLINK 2 .pgen or a PLINK 1 .bed
+    (genomics.genotypes; the cohort's data.genotypes). The whole table is read once, on first use, per process.
 
     `encoder_inputs()` gives the encoder what it needs to be built (fusion.app.build passes it on by parameter name):
     n_sites, and the ALT frequencies and mean dosages over `train_subjects` only (the training split), so neither
@@ -133,11 +135,11 @@ class GenotypeDosages:
 
     def __init__(
         self,
-        vcf: str | Path,
+        genotypes: str | Path,  # VCF/BCF, .pgen (with .pvar/.psam) or .bed (with .bim/.fam)
         regions: Sequence[Region],  # parsed regions (the cohort's, after exclusion)
         train_subjects: Sequence[str] | None = None,  # samples that frequencies and means come from; None = all
     ):
-        self.vcf, self.regions = vcf, list(regions)
+        self.genotypes, self.regions = genotypes, list(regions)
         self.train_subjects = None if train_subjects is None else list(train_subjects)
         self._table = None  # DosageTable, read on first use
         self._columns: dict[str, int] = {}
@@ -150,7 +152,7 @@ class GenotypeDosages:
         if self._table is None:
             from genomics.dosage import read_dosages
 
-            self._table = read_dosages(self.vcf, self.regions)
+            self._table = read_dosages(self.genotypes, self.regions)
             self._columns = {s: i for i, s in enumerate(self._table.samples)}
         return self._table
 
@@ -165,5 +167,5 @@ class GenotypeDosages:
     def __call__(self, subject_id: str) -> torch.Tensor:
         table = self.table
         if subject_id not in self._columns:
-            raise KeyError(f"subject {subject_id!r} is not a sample of {self.vcf}")
+            raise SampleNotFound(f"subject {subject_id!r} is not a sample of {self.genotypes}")
         return torch.from_numpy(np.ascontiguousarray(table.dosages[:, self._columns[subject_id]]))  # (S,)
