@@ -106,15 +106,16 @@ def scan_fwd_kernel(
 @triton.jit
 def scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, g_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, y_ptr,
     L, Dm, N, n_chunks, ch_per_group, G,
     s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, s_Ad, s_An,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl, s_Ad, s_An, s_yb, s_yd, s_yl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
+    SAVE_Y: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
 ):  # fmt: skip
     """Gradients: du, ddt, dz (B, D, L) contiguous, in their inputs' dtypes; dA (B, D, N), dD, dbias (B, D) float32
-    per batch row; dB, dC (B, G, N, L) float32, zeroed by the caller (atomic adds)."""
+    per batch row; dB, dC (B, G, N, L) float32, zeroed by the caller (atomic adds). With SAVE_Y also the forward's
+    (gated) output, recomputed, into y (strides s_y*; for out_proj's weight gradient)."""
     b = tl.program_id(0).to(tl.int64)
     pd = tl.program_id(1)
     d = pd * BD + tl.arange(0, BD)
@@ -153,15 +154,22 @@ def scan_bwd_kernel(
         hs = P * h0[:, :, None] + H  # recomputed states, (BD, BN, BT)
         gy = tl.load(g_ptr + b * s_gb + d[:, None] * s_gd + t[None, :] * s_gl, mask=m2, other=0.0).to(tl.float32)
         off = b * Dm * L + d[:, None] * L + t[None, :]  # contiguous (B, D, L) gradient outputs
+        y = tl.sum(hs * Cv[None, :, :], axis=1)  # ungated output, (BD, BT)
+        if HAS_D:
+            y += Dv[:, None] * u
+        yg = y
         if HAS_Z:
             z = tl.load(z_ptr + b * s_zb + d[:, None] * s_zd + t[None, :] * s_zl, mask=m2, other=0.0)
             z = z.to(tl.float32)
             sz = tl.sigmoid(z)
-            y = tl.sum(hs * Cv[None, :, :], axis=1) + Dv[:, None] * u  # ungated output
             tl.store(dz_ptr + off, (gy * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=m2)
             dy = gy * z * sz
+            yg = y * z * sz
         else:
             dy = gy
+        if SAVE_Y:
+            yo = y_ptr + b * s_yb + d[:, None] * s_yd + t[None, :] * s_yl
+            tl.store(yo, yg.to(y_ptr.dtype.element_ty), mask=m2)
         _, dt1 = _delta(dt_ptrs + s_tl, m2 & (t + 1 < L)[None, :], bias, HAS_BIAS, SOFTPLUS)  # delta_{t+1}
         a1 = tl.exp(dt1[:, None, :] * A[:, :, None])  # a_{t+1}, 1 past the end
         Q, M = tl.associative_scan((a1, dy[:, None, :] * Cv[None, :, :]), axis=2, combine_fn=_linrec, reverse=True)
