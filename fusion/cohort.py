@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from brain.preprocess import AtlasCoords
-from brain.scans import Run, Scan
+from brain.scans import Run, Scan, ScanIndex
 from fusion import cohort_checks as checks_
 from fusion import genotype_checks
 from fusion.cohort_checks import CohortFatal, Problem
@@ -128,7 +128,7 @@ class Cohort:
     coords: AtlasCoords | None = None  # parcel coordinates sorted by label (None without atlas_coords)
     covariates: dict[str, str] = field(default_factory=dict)  # manifest covariate -> "continuous" | "categorical"
     indexed_reference: Path | None = None  # a link to the FASTA indexed in the cache, when it had no index
-    scans: dict[str, Scan] = field(default_factory=dict)  # fmri (first run) -> the subject's runs (brain.scans)
+    scans: ScanIndex = field(default_factory=ScanIndex)  # fmri (first run) -> the subject's runs (brain.scans)
 
     @property
     def n_regions(self) -> int:
@@ -324,7 +324,7 @@ def load_cohort(
     if len(labels):
         models = atlas_img.header.get_axis(1) if cifti else None
         atlas_info = AtlasInfo("cifti" if cifti else "volume", len(labels), models)
-    scan_map: dict[str, Scan] = {}
+    scan_map = ScanIndex()
     subjects = pd.DataFrame(columns=[*REQUIRED, "split", *SCAN_COLUMNS])
     if "manifest" not in unusable:
         subjects, scan_map = _check_subjects(
@@ -380,7 +380,7 @@ def _check_atlas(path: Path, problems: list[Problem]):
 def _check_subjects(
     table, manifest: Path, samples: list[str] | None, split_fractions, report: CohortReport,
     scans: ScanChecks | None = None, root: Path | None = None, atlas: AtlasInfo | None = None,
-) -> tuple[pd.DataFrame, dict[str, Scan]]:  # fmt: skip
+) -> tuple[pd.DataFrame, ScanIndex]:  # fmt: skip
     """Manifest rows -> (usable subjects, {fmri: Scan}); every per-subject problem reported and the subject excluded
     (samples None: the VCF is unusable, not checked here; scans None: no usable NIfTI atlas, scans checked alone).
     Each row's runs, confounds, masks and TR: fusion.scan_checks.check_runs."""
@@ -436,7 +436,7 @@ def _check_subjects(
         previous = report.excluded[key].split("; ") if key in report.excluded else []
         report.excluded[key] = "; ".join(dict.fromkeys(previous + why))
     keep = table.drop(index=list(reasons)).drop(columns=[c for c in FILE_COLUMNS if c in table.columns]).copy()
-    scan_map = {runs[0].path: Scan(ids[i], tuple(runs)) for i, runs in run_lists.items() if i not in reasons}
+    scan_map = ScanIndex({runs[0].path: Scan(ids[i], tuple(runs)) for i, runs in run_lists.items() if i not in reasons})
     keep["subject_id"] = keep["subject_id"].str.strip()
     keep["n_volumes"] = [volumes[i][0] for i in keep.index]
     keep["t_r"] = [volumes[i][1] for i in keep.index]
