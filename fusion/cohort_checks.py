@@ -15,6 +15,7 @@ import pandas as pd
 
 from brain.preprocess import AtlasCoords
 from genomics.contigs import ContigError, match_contig
+from genomics.genotypes import PLINK1_MAGIC
 from genomics.regions import Region, check_contigs, parse_bed
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,19 @@ def index_in_cache(path: Path, cache_dir: Path) -> Path:
 def check_regions(path: Path, lengths: dict[str, int], vcf_contigs: set[str], vcf: Path, problems) -> list[Region]:
     """Usable regions (bad lines and contigs absent from the FASTA under every spelling dropped, each reported).
 
-    Contig spellings are harmonised ('1' <-> 'chr1', 'MT' <-> 'chrM'; genomics.contigs), as the haplotypes are."""
+    Contig spellings are harmonised ('1' <-> 'chr1', 'MT' <-> 'chrM'; genomics.contigs), as the haplotypes are.
+    A PLINK 1 genotype .bed (binary, told by its magic bytes) is refused with that said, never parsed as regions."""
+    with open(path, "rb") as fh:
+        if fh.read(len(PLINK1_MAGIC)) == PLINK1_MAGIC:
+            problems.append(
+                Problem(
+                    "error",
+                    str(path),
+                    "a PLINK 1 genotype .bed (binary), not a BED of regions: give it as data.genotypes (with its "
+                    ".bim and .fam beside it) and a text BED (chrom, start, end, name) as data.regions",
+                )
+            )
+            return []
     regions, bed_problems = parse_bed(path)
     problems += [Problem("error", p.split(": ", 1)[0], p.split(": ", 1)[1]) for p in bed_problems]
     contig_problems = check_contigs(regions, lengths, bed=str(path), source="the reference FASTA", aliases=True)

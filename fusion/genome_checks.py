@@ -81,9 +81,9 @@ def report_ref_mismatches(
 ) -> None:  # fmt: skip
     """Problems for compare_refs' mismatches: the first MAX_LISTED_SITES one by one, then a count. `swap_hint`: said
     when some mismatching site has an ALT equal to the FASTA (REF and ALT exchanged, as PLINK 1 files can be)."""
-    swapped = sum(any(a.upper() == fa.upper() for a in alts) for _, _, _, _, fa, alts in mismatches)
+    swapped = sum(_alt_matches(fa, alts) for _, _, _, _, fa, alts in mismatches)
     for where, chrom, pos, ref, fa, alts in mismatches[:MAX_LISTED_SITES]:
-        if swap_hint and any(a.upper() == fa.upper() for a in alts):
+        if swap_hint and _alt_matches(fa, alts):
             message = f"REF {ref!r} differs from the reference FASTA {fasta_path} ({fa!r}) at {chrom}:{pos}, where "
             message += f"an ALT {list(alts)} equals it: REF and ALT look swapped; {swap_hint}"
         else:
@@ -104,6 +104,13 @@ def report_ref_mismatches(
                 f"{MAX_LISTED_SITES} are listed; more: {sites} ...){why}",
             )
         )
+
+
+def _alt_matches(fa: str, alts: tuple[str, ...]) -> bool:
+    """Whether an ALT agrees with the FASTA bases at the site (over their common length: a swapped indel's ALT is
+    shorter than the REF the FASTA was read for)."""
+    fa = fa.upper()
+    return any(a.upper()[: len(fa)] == fa[: len(a)] for a in alts if a not in ("*", "."))
 
 
 def _readable(records, vcf_path: Path):

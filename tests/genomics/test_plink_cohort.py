@@ -91,3 +91,5 @@ def test_validate_names_the_plink_file(plink_demo, tmp_path, capsys):
     rc, text = run_validate(files, bed, capsys)
     assert rc == 1 and f"{bim}:1: REF" in text and "REF and ALT look swapped" in text and "--ref-from-fa" in text
     assert "Traceback" not in text
+    rc, text = run_validate({**files, "regions": plink_demo["bed"]}, plink_demo["pgen"], capsys)  # a mix-up
+    assert rc == 1 and f"{plink_demo['bed']}: a PLINK 1 genotype .bed (binary), not a BED of regions" in text, text
