@@ -25,7 +25,8 @@ RES=experiments/benchmarks/results
 OUTDIR=${OUT:-$RES/gpu_logs}
 BUILD_S=${BUILD_S:-270}
 PY=${PYTHON:-python3}
-WHEELS=(hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 nibabel==5.4.2 nilearn==0.14.1 pysam==0.24.1)
+WHEELS=(hydra-core==1.3.8 omegaconf==2.3.1 nibabel==5.4.2 nilearn==0.14.1 pysam==0.24.1)
+PURE_SDISTS=(antlr4-python3-runtime==4.9.3)  # no wheel published: built here (pure Python, any platform)
 SOURCES=(mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0)
 
 prepare() {
@@ -36,7 +37,10 @@ prepare() {
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "${WHEELS[@]}"
-    $PY -m pip download -q --no-deps --no-binary=:all: -d .whl/src "${SOURCES[@]}" ||
+    $PY -m pip wheel -q --no-deps -w .whl "${PURE_SDISTS[@]}"
+    # sources only (their metadata step imports torch; the *_SKIP_CUDA_BUILD switches keep it from needing nvcc)
+    MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
+        $PY -m pip download -q --no-deps --no-binary=:all: --no-build-isolation -d .whl/src "${SOURCES[@]}" ||
         echo "mamba-ssm / causal-conv1d sources not downloaded: the cuda step will say so"
     du -sh .whl .whl/src
     echo "carry .whl (the device tool takes at most 64 MiB with the working tree; drop .whl/src if it is over)"
