@@ -31,12 +31,12 @@ RESULTS = ROOT / "experiments" / "benchmarks" / "results"
 STRATEGIES = ("simple", "scrubbing", "compcor")
 
 
-def timed(fn, repeats: int):
-    """(median wall s, median CPU s, last result)."""
+def timed(repeats: int, fn, *args, **kwargs):
+    """(median wall s, median CPU s, last result) of fn(*args, **kwargs)."""
     walls, cpus, out = [], [], None
     for _ in range(repeats):
         w, c = time.perf_counter(), time.process_time()
-        out = fn()
+        out = fn(*args, **kwargs)
         walls.append(time.perf_counter() - w)
         cpus.append(time.process_time() - c)
     return float(np.median(walls)), float(np.median(cpus)), out
@@ -70,20 +70,21 @@ def main() -> None:
             bare = {run.path: Scan(row["subject_id"], (Run(run.path, t_r=2.0, n_volumes=150),))}
             plain = ParcelTimeSeries(str(demo["atlas"]), standardize=False, cache=False, scans=bare)
             plain.run_series(run.path)  # the masker fitted once (shared by all subjects)
-            w, c, series = timed(lambda: plain.run_series(run.path)[0], args.repeats)
+            w, c, series = timed(args.repeats, plain.run_series, run.path)
+            series = series[0]
             rows.append({"scale": "demo", "subject": row["subject_id"], "step": "parcel extraction", "wall_s": w,
                          "cpu_s": c})  # fmt: skip
             masked = ParcelTimeSeries(str(demo["atlas"]), standardize=False, cache=False, scans=scans)
-            w, c, _ = timed(lambda: masked._raw(run), args.repeats)
+            w, c, _ = timed(args.repeats, masked._raw, run)
             rows.append({"scale": "demo", "subject": row["subject_id"], "step": "parcel extraction, brain mask",
                          "wall_s": w, "cpu_s": c})  # fmt: skip
             for strategy in STRATEGIES:
-                w, c, (conf, mask) = timed(lambda: load_confounds(run.confounds, strategy, 150), args.repeats)
+                w, c, (conf, mask) = timed(args.repeats, load_confounds, run.confounds, strategy, 150)
                 rows.append({"scale": "demo", "subject": row["subject_id"], "step": f"read confounds ({strategy})",
                              "wall_s": w, "cpu_s": c, "regressors": conf.shape[1],
                              "kept": 150 if mask is None else len(mask)})  # fmt: skip
-                w, c, _ = timed(lambda: clean(series, confounds=conf, sample_mask=mask, detrend=True,
-                                              standardize=None, t_r=2.0), args.repeats)  # fmt: skip
+                w, c, _ = timed(args.repeats, clean, series, confounds=conf, sample_mask=mask, detrend=True,
+                                standardize=None, t_r=2.0)  # fmt: skip
                 rows.append({"scale": "demo", "subject": row["subject_id"], "step": f"regression ({strategy})",
                              "wall_s": w, "cpu_s": c})  # fmt: skip
         # UK Biobank scale: 490 x 424, the confound steps only
@@ -94,11 +95,12 @@ def main() -> None:
         tsv.with_suffix(".json").write_text(json.dumps(sidecar))
         series = rng.normal(0, 1, (490, 424)).astype(np.float32)
         for strategy in STRATEGIES:
-            w, c, (conf, mask) = timed(lambda: load_confounds(tsv, strategy, 490), args.repeats)
+            w, c, (conf, mask) = timed(args.repeats, load_confounds, tsv, strategy, 490)
+            kept = 490 if mask is None else len(mask)
             rows.append({"scale": "ukb", "subject": "synthetic", "step": f"read confounds ({strategy})", "wall_s": w,
-                         "cpu_s": c, "regressors": conf.shape[1], "kept": 490 if mask is None else len(mask)})  # fmt: skip
-            w, c, _ = timed(lambda: clean(series, confounds=conf, sample_mask=mask, detrend=True, standardize=None,
-                                          t_r=0.735), args.repeats)  # fmt: skip
+                         "cpu_s": c, "regressors": conf.shape[1], "kept": kept})  # fmt: skip
+            w, c, _ = timed(args.repeats, clean, series, confounds=conf, sample_mask=mask, detrend=True,
+                            standardize=None, t_r=0.735)  # fmt: skip
             rows.append({"scale": "ukb", "subject": "synthetic", "step": f"regression ({strategy})", "wall_s": w,
                          "cpu_s": c})  # fmt: skip
     frame = pd.DataFrame(rows)

@@ -3,6 +3,7 @@
 
     fmriprep_tree(out, {"sub-0001": [img_run1, img_run2], ...}, participants=table, seed=0)
     fmriprep_from_demo(demo_dir, out, runs=1, artefact=0.5)   # the demo cohort's scans as fMRIPrep would hold them
+    python -m fusion.demo.fmriprep demo=DIR out=DIR [runs=1] [artefact=0.5] [seed=0]   # the same from the shell
 
 Per run (BIDS 1.9 / fMRIPrep >= 20.2 names, brain.bids): `sub-<L>/func/sub-<L>_task-rest_run-<R>_space-<SPACE>
 _res-2_desc-preproc_bold.nii.gz` + its JSON sidecar (RepetitionTime), `..._desc-brain_mask.nii.gz` (voxels non-zero in
@@ -200,3 +201,31 @@ def fmriprep_from_demo(
     if families:
         covariates["family_id"] = [f"fam{i // 2 + 1:04d}" for i in range(len(covariates))]
     return fmriprep_tree(out, scans, covariates, seed=seed, artefact=artefact)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fusion.demo.fmriprep demo=DIR out=DIR [runs=1] [artefact=0.5] [seed=0]`: fmriprep_from_demo."""
+    import sys
+
+    args = {"runs": "1", "artefact": "0.5", "seed": "0"}
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, eq, value = arg.partition("=")
+        if not eq or key not in ("demo", "out", *args):
+            print(f"usage: {main.__doc__.split(':')[0].strip('`')}", file=sys.stderr)
+            return 2
+        args[key] = value
+    if "demo" not in args or "out" not in args:
+        print("fusion.demo.fmriprep: give demo=DIR (a demo cohort) and out=DIR (a new folder)", file=sys.stderr)
+        return 2
+    try:
+        runs, artefact, seed = int(args["runs"]), float(args["artefact"]), int(args["seed"])
+        out = fmriprep_from_demo(args["demo"], args["out"], runs=runs, artefact=artefact, seed=seed)
+    except (OSError, ValueError) as err:
+        print(f"fusion.demo.fmriprep: {err}", file=sys.stderr)
+        return 2
+    print(f"fMRIPrep-style derivatives in {out}; next: python -m fusion.manifest bids={out} out=manifest.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
