@@ -36,7 +36,7 @@ from fusion.model import fuse
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS = ("genomics", "brain", "fused", "genomics_encoder", "brain_encoder")  # what is collected per subject
+EMBEDDINGS = ("genomics", "brain", "fused", "genomics_encoder", "brain_encoder")  # collected per subject, probed
 
 
 @torch.no_grad()
