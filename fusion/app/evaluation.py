@@ -27,6 +27,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from threadpoolctl import threadpool_limits
 
 from fusion.evaluation.linear import METHODS, linear_baseline
@@ -56,7 +57,8 @@ def collect(net, loader, max_batches: float, dataset, context) -> tuple[dict[str
             if i >= max_batches:
                 break
             with context():
-                z = net(batch["genomics"].to(device), batch["brain"].to(device))  # {"genomics": (B, D), ...}
+                inputs = move_data_to_device((batch["genomics"], batch["brain"]), device)  # tensors or dicts of them
+                z = net(*inputs)  # {"genomics": (B, D), "brain": (B, D)}
             z["fused"] = fuse(z["genomics"].float(), z["brain"].float())
             for key in EMBEDDINGS:
                 value = captured[key] if key.endswith("_encoder") else z[key]
