@@ -139,3 +139,24 @@ def test_all_runs_give_windows_and_volume_encoders_refuse_parcels(run, atlas_fil
     vol = VolumeWindows(shape=(8, 8, 8), window=4, layout="brainmt")
     errors = vol.review(Scan("sub-07", (Run(str(other), n_volumes=N),))).errors
     assert "table.npy is a parcellated series; BrainMT reads 4D NIfTI volumes" in errors[0]
+
+
+def test_run_brain_mask_restricts_parcels_and_is_the_volume_foreground(run, atlas_files, tmp_path):
+    from nilearn.maskers import NiftiLabelsMasker
+
+    atlas, _ = atlas_files
+    img = nib.load(run.path)
+    keep = np.ones(img.shape[:3], dtype=np.uint8)
+    keep[22:24] = 0  # the slab |x| <= 2 mm: the four midline parcels lose their central voxels
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(keep, img.affine), mask)
+    masked = Run(run.path, mask=str(mask), t_r=2.0, n_volumes=N)
+    scans = {run.path: Scan("sub-01", (masked,))}
+    got = ParcelTimeSeries(atlas, standardize=False, scans=scans).run_series(run.path)[0]
+    want = NiftiLabelsMasker(atlas, mask_img=str(mask), strategy="mean", standardize=None).fit_transform(run.path)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert not np.allclose(got, ParcelTimeSeries(atlas, standardize=False).run_series(run.path)[0])
+    vol = VolumeWindows(shape=(45, 54, 45), window=4, n_eval_windows=1, scans=scans)
+    x = vol(run.path)[0, 0]  # (X, Y, Z, T)
+    outside = keep == 0
+    assert np.ptp(x[outside]) == 0 and x[outside].min() == x.min()  # background = the minimum, everywhere outside
