@@ -6,10 +6,11 @@
     python experiments/comparisons/pooling/compare.py --table-only         # rebuild the table from finished runs
 
 Each run is `python -m fusion.train <overrides> seed=S` (the commands are in the results), in its own run folder
-<root>/runs/<name>_s<S> (hydra.run.dir; root defaults to $GENOBRAIN_ROOT or a folder next to this script that git
-ignores is not assumed: pass --root); a finished run (test metrics in its csv log) is not run again, so the script
-resumes. Reported per encoder, mean +- sample SD over the seeds: test genome->brain and brain->genome R@1 / R@5 (the
-best checkpoint by val/g2b/R@5, as fusion.train tests it) and the validation metrics of that checkpoint. Selection of
+<root>/runs/<name>_s<S> (hydra.run.dir; root = --root or $GENOBRAIN_ROOT); a finished run (test metrics in its csv
+log) is not run again, so the script resumes, and a run another compare.py is doing (<name>_s<S>.pid, a live process)
+is waited for, so several can run side by side. Reported per encoder, mean +- sample SD over the seeds: test
+genome->brain and brain->genome R@1 / R@5 (the best checkpoint by val/g2b/R@5, as fusion.train tests it) and the
+validation metrics of that checkpoint. Selection of
 the Caduceus pooling used VALIDATION metrics only (variants: `--variant NAME=OVERRIDES`, reported with their
 validation metrics and, for transparency, their test metrics under a separate heading). Writes results.{md,json}
 next to this file (or --out).
@@ -65,7 +66,13 @@ def run(name: str, overrides: list[str], seed: int, root: Path) -> dict:
     run_dir = root / "runs" / f"{name}_s{seed}"
     done = read_metrics(run_dir)
     cmd = command(overrides, seed)
+    lock = root / "runs" / f"{name}_s{seed}.pid"  # another compare.py (or a run started by hand) owns this run
+    while done is None and lock.exists() and _alive(int(lock.read_text() or 0)):
+        time.sleep(30)
+        done = read_metrics(run_dir)
     if done is None:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(str(os.getpid()))
         extra = [f"hydra.run.dir={run_dir}", "+trainer.enable_progress_bar=false"]
         log = root / "runs" / f"{name}_s{seed}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +84,7 @@ def run(name: str, overrides: list[str], seed: int, root: Path) -> dict:
             json.dumps({"wall_s": time.time() - t0, "load_before": load0, "load_after": os.getloadavg()[0]})
         )
         done = read_metrics(run_dir)
+        lock.unlink(missing_ok=True)
         if done is None:
             raise RuntimeError(f"{name} seed {seed}: no test metrics in {run_dir} (see {log})")
     wall = run_dir / "wall.json"
@@ -85,6 +93,14 @@ def run(name: str, overrides: list[str], seed: int, root: Path) -> dict:
     print(f"{name} seed {seed}: " + ", ".join(f"{k}={v:.3f}" for k, v in done.items() if k.startswith(("test", "val"))),
           flush=True)  # fmt: skip
     return done
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0
 
 
 def summary(runs: list[dict]) -> dict:
@@ -141,12 +157,13 @@ def markdown(res: dict) -> str:
 
 
 def caduceus_default() -> str:
-    from omegaconf import OmegaConf
+    """genomics=caduceus_tiny's pooling settings as composed (configs/genomics/pooling/<its default>.yaml)."""
+    from hydra import compose, initialize_config_dir
 
-    enc = OmegaConf.load(REPO / "configs/genomics/caduceus_tiny.yaml").encoder
-    head = OmegaConf.load(REPO / "configs/genomics/caduceus_tiny.yaml").get("head", {})
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        g = compose("genomics/caduceus_tiny").genomics
     keys = ("pool", "window", "site_pool", "site_norm")
-    return ", ".join(f"{k}={enc[k]}" for k in keys) + (f", head.input_norm={head['input_norm']}" if head else "")
+    return ", ".join(f"{k}={g.encoder[k]}" for k in keys if k in g.encoder) + f", head.input_norm={g.head.input_norm}"
 
 
 def main(argv=None) -> None:

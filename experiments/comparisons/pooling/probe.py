@@ -1,6 +1,6 @@
 """Rank CaduceusGenomicsEncoder pooling settings on the demo cohort's VALIDATION split with a linear probe (issue 9).
 
-    python experiments/comparisons/pooling/probe.py [--fill-cache POOL_JSON] [--root DIR]
+    python experiments/comparisons/pooling/probe.py [--root DIR] [--no-fill]
 
 Why: one `python -m fusion.train experiment=demo_caduceus` run takes 5-30 min on 2 shared cores, and every pooling
 window needs its own backbone pass; the tiny frozen model's per-token embeddings, though, are enough to derive every
@@ -12,10 +12,9 @@ from the (standardised, as the head's input_norm does, unless the setting turns 
 principal components of the brain features (functional connectivity, brain=fc, fixed per subject), fitted on the
 training split; validation retrieval genome->brain R@1/R@5 by cosine similarity of predicted and actual components
 (ridge alpha picked on validation too). The k-mer and dosage baselines are probed the same way for calibration.
-Test subjects are never read here, except by --fill-cache (see below), which only embeds their genomes.
-
---fill-cache '{"pool": "diff", ...}' writes that setting's pooled embeddings of every subject (all splits: the
-genomes only, no labels) into the run's disk embedding cache (${paths.cache_dir}/embeddings), so the real runs that
+Test subjects' brains are never read here and nothing is scored on them: their genomes are embedded only so that, at
+the end (unless --no-fill), the pooled embeddings of the two best settings' windows for every subject are written into
+the runs' disk embedding cache (${paths.cache_dir}/embeddings, keyed as the encoder keys them), and the real runs that
 follow make no backbone pass. Results: experiments/comparisons/pooling/probe.{json,md}.
 """
 
@@ -176,10 +175,19 @@ def caduceus_encoder(cfg, inputs, overrides: dict, store: dict | None):
     return enc
 
 
+def fill_cache(cfg, inputs, overrides: dict, store: dict, items: dict) -> str:
+    """Store the pooled embeddings of `overrides` for every subject of `items` in the run's disk cache."""
+    enc = caduceus_encoder(cfg, inputs, overrides, store)
+    enc.cache_dir = cfg.genomics.encoder.cache_dir
+    for split_items_ in items.values():
+        features(enc, split_items_)
+    return f"{len(enc.disk_cache())} pooled embeddings in {enc.disk_cache().root}"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=os.environ.get("GENOBRAIN_ROOT", "."), help="paths.root_dir of the runs")
-    ap.add_argument("--fill-cache", default=None, help="JSON overrides of genomics.encoder to store for all splits")
+    ap.add_argument("--no-fill", action="store_true", help="do not store the best setting's embeddings")
     ap.add_argument("--out", default=str(HERE / "probe"), help="results stem")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -187,7 +195,7 @@ def main(argv=None) -> None:
     cfg = compose_run("caduceus_tiny", root)
     inputs = build_inputs(cfg)
     t = inputs.genomics_transform
-    splits = ("train", "val", "test") if args.fill_cache else ("train", "val")
+    splits = ("train", "val", "test")  # test: genomes only, embedded for the cache fill; never scored
     rows = split_items(cfg, inputs, splits)
     base = caduceus_encoder(cfg, inputs, {}, None)
     items = {s: genomics_items(t, rows[s]) for s in splits}
@@ -195,13 +203,6 @@ def main(argv=None) -> None:
     seqs += list(base.reference_ids)
     print(f"{len(seqs)} sequences; embedding the distinct ones", flush=True)
     store = embed_tokens(base.embedder, seqs)
-    if args.fill_cache:
-        enc = caduceus_encoder(cfg, inputs, json.loads(args.fill_cache), store)
-        enc.cache_dir = cfg.genomics.encoder.cache_dir
-        for s in splits:
-            features(enc, items[s])
-        print(f"stored {len(enc.disk_cache())} pooled embeddings in {enc.disk_cache().root}")
-        return
     b_train, b_val = (brain_features(cfg, inputs, rows[s]) for s in ("train", "val"))
     results = []
     for name, overrides, standardise in SETTINGS:
@@ -214,7 +215,16 @@ def main(argv=None) -> None:
         res |= probe(g_train, g_val, b_train, b_val, standardise)
         print(json.dumps(res | {"s": round(time.perf_counter() - t0, 1)}), flush=True)
         results.append(res)
-    for genomics in ("kmer", "dosage"):
+    ranked = sorted(results, key=lambda r: (r["R@5"], r["R@1"]), reverse=True)
+    filled = []
+    if not args.no_fill:  # the two best windows' site embeddings (the cache is per window, not per head setting)
+        for r in ranked:
+            key = (r["overrides"].get("pool", "mean") == "mean", r["overrides"].get("window", 0))
+            if key not in [f[0] for f in filled] and len(filled) < 2:
+                filled.append((key, r["setting"], fill_cache(cfg, inputs, r["overrides"], store, items)))
+                print(f"filled the cache for {r['setting']}: {filled[-1][2]}", flush=True)
+    del store
+    for genomics in ("kmer", "dosage"):  # calibration: the baselines' features through the same probe
         c = compose_run(genomics, root)
         inp = build_inputs(c)
         enc = instantiate_with(c.genomics.encoder, encoder_inputs(inp.cohort, "genomics", inp.genomics_transform))
@@ -240,7 +250,9 @@ def main(argv=None) -> None:
         f"| {r['setting']} | {r['dim']} | {r['input_norm']} | {r['alpha']:g} | {r['R@1']:.3f} | {r['R@5']:.3f} |"
         for r in results
     ]
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    lines += ["", "Disk cache filled (every subject's genome; no brain read) for: "
+              + "; ".join(f"{name} ({what})" for _, name, what in filled)]  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps({"results": results, "filled": [f[1] for f in filled]}, indent=2))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
