@@ -53,3 +53,14 @@ def test_library_imports_without_lightning_or_hydra():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_callback_under_ddp_spawn_on_two_cpu_processes(tmp_path, demo_cache, train_config):
+    """Rank 0 evaluates and broadcasts: every rank logs the same values, the run ends, the values come back."""
+    cfg = train_config(tmp_path, demo_cache, ["trainer=ddp_cpu", "trainer.max_epochs=1"])
+    metrics, objs = train(cfg)
+    assert objs["trainer"].world_size == 2 and metrics["test/n"] == objs["datamodule"].split_sizes()["test"]
+    assert metrics["test/g2b/R@1_lo"] <= metrics["test/g2b/R@1"] <= metrics["test/g2b/R@1_hi"]
+    assert 0 <= metrics["test/cca/b2g/R@1"] <= 1 and "test/shuffled/g2b/R@1" in metrics
+    assert "test/probe/age/fused/r2" in metrics

@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from fusion.evaluation.linear import METHODS, linear_baseline
 from fusion.evaluation.probes import linear_probes
 from fusion.evaluation.retrieval import retrieval_statistics
+from fusion.metrics import DIRECTIONS
 from fusion.model import fuse
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,11 @@ def collect(net, loader, max_batches: float, dataset, context) -> tuple[dict[str
     return features, covariates
 
 
+def logged_by_module(name: str) -> bool:
+    """The point estimates (n, g2b/R@1, b2g/median_rank, ...): fusion.app.module logs them; the callback must not."""
+    return name == "n" or (name.split("/")[0] in DIRECTIONS and not name.endswith(("_lo", "_hi")))
+
+
 class HeldOutEvaluation(L.Callback):
     """Intervals, shuffled-pairing chance, linear probes and CCA/PLS baselines at the end of the test epoch."""
 
@@ -92,7 +98,6 @@ class HeldOutEvaluation(L.Callback):
         self.probes, self.linear_baselines, self.seed = probes, tuple(linear_baselines), seed
         self.blas_threads = blas_threads
         self.results: dict[str, float] = {}  # the last test's values (without the "test/" prefix), point estimates too
-        self.module_metrics: set[str] = set()  # names of the point estimates (n, g2b/R@1, ...): logged by the module
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = time.perf_counter()
@@ -100,7 +105,7 @@ class HeldOutEvaluation(L.Callback):
         log.info("test-stage evaluation: %d values in %.1f s", len(values or {}), time.perf_counter() - start)
         values = trainer.strategy.broadcast(values, src=0)
         self.results = values
-        logged = {k: v for k, v in values.items() if k not in self.module_metrics}  # the module logs those
+        logged = {k: v for k, v in values.items() if not logged_by_module(k)}
         pl_module.log_dict({f"test/{k}": float(v) for k, v in logged.items()}, sync_dist=False)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
@@ -122,7 +127,6 @@ class HeldOutEvaluation(L.Callback):
             test["genomics"], test["brain"], n_resamples=self.n_resamples, level=self.level,
             n_permutations=self.n_permutations, seed=self.seed,
         )  # fmt: skip
-        self.module_metrics = {k for k in stats if not k.endswith(("_lo", "_hi")) and not k.startswith("shuffled/")}
         out = dict(stats)
         if self.probes and kinds:
             out |= linear_probes(train, test, cov_train, cov_test, kinds, seed=self.seed)
