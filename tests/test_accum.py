@@ -165,3 +165,15 @@ def test_accumulation_trains_through_fusion_train_with_clipping(tmp_path, demo_c
     metrics, objs = train(cfg)
     assert objs["trainer"].global_step == 4 and torch.isfinite(torch.tensor(metrics["train/loss"]))  # 2 x 8 / 4
     assert objs["model"]._clip[0] == 1.0 and objs["trainer"].gradient_clip_val is None  # the module clips
+
+
+@pytest.mark.slow
+def test_accumulation_under_ddp_on_two_cpu_processes(tmp_path, demo_cache, train_config):
+    """Manual optimisation with K backward passes per step under DDP (Lightning prepares the reducer per
+    manual_backward): it trains, and the test split is scored once per subject."""
+    from fusion.train import train
+
+    cfg = train_config(tmp_path, demo_cache, ["trainer=ddp_cpu", "trainer.max_epochs=1", "model.accum_freq=2"])
+    metrics, objs = train(cfg)
+    assert objs["trainer"].world_size == 2 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert metrics["test/n"] == objs["datamodule"].split_sizes()["test"]

@@ -1,15 +1,17 @@
 """Head regularisation sweep on the demo cohort (k-mer vs FC, 300 subjects: 210 train / 45 val / 45 test).
 
-    python experiments/comparisons/heads/sweep.py select --out DIR [--seeds 0 1] [--only NAME ...]
-        every candidate below, test=false: validation metrics at the selected epoch (early stopping on
-        optimized_metric, val/g2b/R@5), ranked by their mean over seeds -> DIR/select.json
+    python experiments/comparisons/heads/sweep.py select --out DIR [--seeds 0] [--only NAME ...]
+        every candidate below (or those named); ranked by validation metrics at the selected epoch (early stopping on
+        optimized_metric, val/g2b/R@5), mean over the seeds run
     python experiments/comparisons/heads/sweep.py final --out DIR --candidates baseline,NAME [--seeds 0 1 2]
-        those candidates with the test stage (bootstrap intervals of the evaluation callback) -> DIR/final.json
+        more seeds of the named candidates (before / after)
     python experiments/comparisons/heads/sweep.py report --out DIR
         -> results.md and results.json beside this file
 
-Each run is `python -m fusion.train <overrides> seed=S` composed in-process (the command is recorded with its row);
-finished runs are kept as DIR/records/<name>__seed<S>.json, so a killed sweep resumes. Selection never reads test.
+Each run is `python -m fusion.train <overrides> seed=S` composed in-process (the command is recorded with its row),
+with the test stage of the evaluation callback (bootstrap interval of test R@1; probes and CCA/PLS off). The test
+metrics are recorded for the before/after report and never read by the ranking, which uses validation only.
+Finished runs are kept as DIR/records/<name>__seed<S>.json, so a killed sweep resumes.
 """
 
 from __future__ import annotations
@@ -27,25 +29,23 @@ HERE = Path(__file__).resolve().parent
 # name -> overrides (both towers' heads unless named); the defaults these were run against are the "before" column
 CANDIDATES: dict[str, list[str]] = {
     "baseline": [],
-    "dropout0.5": ["genomics.head.dropout=0.5", "brain.head.dropout=0.5"],
-    "narrow": ["genomics.head.hidden_dim=128", "brain.head.hidden_dim=64"],
     "linear": ["genomics.head.hidden_dim=null", "brain.head.hidden_dim=null"],
     "noise0.5": ["genomics.head.input_noise=0.5", "brain.head.input_noise=0.5"],
     "in_dropout0.5": ["genomics.head.input_dropout=0.5", "brain.head.input_dropout=0.5"],
-    "wd1.0": ["model.weight_decay=1.0"],
-    "lr3e-4": ["model.optimizer.lr=3e-4"],
     "linear+noise0.5": [
         "genomics.head.hidden_dim=null",
         "brain.head.hidden_dim=null",
         "genomics.head.input_noise=0.5",
         "brain.head.input_noise=0.5",
     ],
+    "dropout0.5": ["genomics.head.dropout=0.5", "brain.head.dropout=0.5"],
+    "narrow": ["genomics.head.hidden_dim=128", "brain.head.hidden_dim=64"],
+    "wd1.0": ["model.weight_decay=1.0"],
 }
 VAL = ["val/g2b/R@1", "val/g2b/R@5", "val/b2g/R@1", "val/b2g/R@5", "val/g2b/mean_rank", "val/b2g/mean_rank", "val/loss"]
 TEST = ["test/g2b/R@1", "test/g2b/R@1_lo", "test/g2b/R@1_hi", "test/b2g/R@1", "test/g2b/R@5", "test/b2g/R@5"]
 COMMON = ["+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-SELECT = [*COMMON, "test=false", "callbacks=default"]
-FINAL = [*COMMON, "callbacks.evaluation.probes=false", "callbacks.evaluation.linear_baselines=[]"]
+RUN = [*COMMON, "callbacks.evaluation.probes=false", "callbacks.evaluation.linear_baselines=[]"]
 
 
 def compose(overrides: list[str], run_dir: Path):
@@ -75,14 +75,14 @@ def selected_epoch_metrics(run_dir: Path, best_epoch: int) -> dict:
     return {k: float(rows[k].iloc[-1]) for k in VAL}
 
 
-def run(out: Path, name: str, seed: int, stage: str) -> dict:
+def run(out: Path, name: str, seed: int) -> dict:
     from fusion.train import train
 
-    record_path = out / "records" / f"{stage}__{name}__seed{seed}.json"
+    record_path = out / "records" / f"{name}__seed{seed}.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
-    overrides = [*CANDIDATES[name], f"seed={seed}", *(SELECT if stage == "select" else FINAL)]
-    run_dir = out / "runs" / f"{stage}__{name}__seed{seed}"
+    overrides = [*CANDIDATES[name], f"seed={seed}", *RUN]
+    run_dir = out / "runs" / f"{name}__seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     metrics, objs = train(compose(overrides, run_dir))
@@ -90,7 +90,6 @@ def run(out: Path, name: str, seed: int, stage: str) -> dict:
     record = {
         "name": name,
         "seed": seed,
-        "stage": stage,
         "command": "python -m fusion.train " + " ".join([*CANDIDATES[name], f"seed={seed}"]),
         "best_epoch": best,
         "epochs_trained": int(objs["trainer"].current_epoch),
@@ -107,8 +106,8 @@ def run(out: Path, name: str, seed: int, stage: str) -> dict:
     return record
 
 
-def load(out: Path, stage: str) -> pd.DataFrame:
-    return pd.DataFrame([json.loads(p.read_text()) for p in sorted((out / "records").glob(f"{stage}__*.json"))])
+def load(out: Path) -> pd.DataFrame:
+    return pd.DataFrame([json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))])
 
 
 def ranked(table: pd.DataFrame) -> pd.DataFrame:
@@ -134,18 +133,17 @@ def md_table(df: pd.DataFrame, columns: list[str], index: str) -> str:
 
 
 def report(out: Path) -> None:
-    select = load(out, "select")
-    table = ranked(select)
+    runs = load(out)
+    table = ranked(runs)
     sections = ["## Selection (validation only)", md_table(table, list(table.columns), "candidate")]
-    final = load(out, "final") if list((out / "records").glob("final__*.json")) else pd.DataFrame()
-    result = {"select_runs": select.to_dict("records"), "select_ranked": table.reset_index().to_dict("records")}
+    result = {"runs": runs.to_dict("records"), "ranked": table.reset_index().to_dict("records")}
+    final = runs[runs["name"].map(runs["name"].value_counts()) > 1]  # the candidates run with several seeds
     if len(final):
         cols = ["best_epoch", "epochs_trained", "wall_s", *TEST]
         sections += ["## Test (before/after, per seed)", md_table(final.set_index(["name", "seed"])[cols], cols, "run")]
         mean = final.groupby("name")[TEST].agg(["mean", "std"])
         mean.columns = [f"{a} {b}" for a, b in mean.columns]
         sections += ["## Test, mean (sd) over seeds", md_table(mean, list(mean.columns), "candidate")]
-        result["final_runs"] = final.to_dict("records")
     commands = {name: "python -m fusion.train " + " ".join(o) for name, o in CANDIDATES.items()}
     sections += ["## Commands", "\n".join(f"- `{n}`: `{c} seed=S`" for n, c in commands.items())]
     result["commands"] = commands
@@ -168,7 +166,7 @@ def main() -> None:
     names = args.only or list(CANDIDATES) if args.stage == "select" else args.candidates.split(",")
     for seed in args.seeds:
         for name in names:
-            run(out, name, seed, args.stage)
+            run(out, name, seed)
     report(out)
 
 
