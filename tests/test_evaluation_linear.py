@@ -63,3 +63,29 @@ def test_bad_inputs_are_refused():
         linear_baseline("pls", xg[:3], xb[:3], xg, xb)
     with pytest.raises(ValueError, match="one of"):
         fit_two_view("ica", xg, xb, 2, 2)
+
+
+@pytest.mark.parametrize("method", ["cca", "pls"])
+def test_first_components_of_a_larger_fit_are_the_smaller_fit(method):
+    xg, xb = views(90)
+    tg, tb = views(30, seed=1)
+    big = fit_two_view(method, xg, xb, n_components=6, n_pcs=12).embed(tg, tb, k=3)
+    small = fit_two_view(method, xg, xb, n_components=3, n_pcs=12).embed(tg, tb)
+    np.testing.assert_allclose(big[0], small[0], atol=1e-6)
+    np.testing.assert_allclose(big[1], small[1], atol=1e-6)
+
+
+def test_pls_on_more_features_than_subjects_equals_pls_on_the_raw_features():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(40, 2))
+    xg = z @ rng.normal(size=(2, 300)) + rng.normal(size=(40, 300))  # d = 300 > N = 40: rotated onto the span
+    xb = z @ rng.normal(size=(2, 20)) + rng.normal(size=(40, 20))
+    tg, tb = rng.normal(size=(10, 300)), rng.normal(size=(10, 20))
+    u, v = fit_two_view("pls", xg, xb, n_components=2, n_pcs=None).embed(tg, tb)
+    sg, sb = StandardScaler().fit(xg), StandardScaler().fit(xb)
+    pls = PLSCanonical(2, scale=False, max_iter=2000).fit(sg.transform(xg), sb.transform(xb))
+    du, dv = pls.transform(sg.transform(tg), sb.transform(tb))
+    train_u, train_v = pls.transform(sg.transform(xg), sb.transform(xb))
+    du, dv = du / train_u.std(0), dv / train_v.std(0)
+    np.testing.assert_allclose(np.abs(u), np.abs(du / np.linalg.norm(du, axis=1, keepdims=True)), atol=1e-6)
+    np.testing.assert_allclose(np.abs(v), np.abs(dv / np.linalg.norm(dv, axis=1, keepdims=True)), atol=1e-6)

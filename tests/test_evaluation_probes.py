@@ -109,3 +109,14 @@ def test_unprobeable_covariates_are_skipped(caplog):
     assert out == {} and "family" in caplog.text and "one" in caplog.text
     with pytest.raises(ValueError, match="kind"):
         linear_probes({"g": x_tr}, {"g": x_te}, cov_tr, cov_te, {"age": "ordinal"})
+
+
+def test_wide_features_give_the_predictions_of_the_unrotated_probe():
+    # D = 400 > N = 50: the probe rotates onto the training span (PCA); ridge predictions are unchanged
+    rng = np.random.default_rng(10)
+    x_tr, x_te = rng.normal(size=(50, 400)), rng.normal(size=(20, 400))
+    cov_tr = pd.DataFrame({"age": x_tr[:, :5].sum(1) + rng.normal(size=50)})
+    cov_te = pd.DataFrame({"age": x_te[:, :5].sum(1) + rng.normal(size=20)})
+    out = linear_probes({"brain": x_tr}, {"brain": x_te}, cov_tr, cov_te, {"age": "continuous"})
+    r2 = direct_ridge_r2(x_tr, cov_tr["age"].to_numpy(), x_te, cov_te["age"].to_numpy())
+    assert out["probe/age/brain/r2"] == pytest.approx(r2, abs=1e-6)

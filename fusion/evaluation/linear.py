@@ -44,17 +44,20 @@ class TwoViewModel:
     def preprocess(self, x_genomics: np.ndarray, x_brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return tuple(view.transform(x)[:, : self.n_pcs] for view, x in zip(self.views, (x_genomics, x_brain)))
 
-    def embed(self, x_genomics: np.ndarray, x_brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, d_g), (N, d_b) -> two (N, k) unit vectors: standardised canonical variates, L2-normalised."""
+    def embed(self, x_genomics: np.ndarray, x_brain: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(N, d_g), (N, d_b) -> two (N, k) unit vectors: the first k (all when None) standardised canonical
+        variates, L2-normalised. Components are nested (NIPALS deflation: P^T W is triangular), so the first k of a
+        K-component fit are the k-component fit."""
         u, v = self.model.transform(*self.preprocess(x_genomics, x_brain))
-        u, v = u.reshape(len(u), -1) / self.scale[0], v.reshape(len(v), -1) / self.scale[1]
+        u, v = u.reshape(len(u), -1)[:, :k] / self.scale[0][:k], v.reshape(len(v), -1)[:, :k] / self.scale[1][:k]
         unit = [z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12) for z in (u, v)]
         return unit[0], unit[1]
 
 
 def fit_views(method: str, x_genomics: np.ndarray, x_brain: np.ndarray, n_pcs: int | None, seed: int = 0) -> tuple:
     """Per-view preprocessing fit on (N, d) views: StandardScaler, then for CCA a PCA to n_pcs components (nested:
-    the first p < n_pcs of them are the p-component PCA)."""
+    the first p < n_pcs of them are the p-component PCA); for PLS, when d > N, a PCA keeping every component: a
+    rotation onto the subjects' span that PLS is invariant to (its weights lie in that span), N columns instead of d."""
     if method not in METHODS:
         raise ValueError(f"linear baseline must be one of {METHODS}, got {method!r}")
     views = []
@@ -62,6 +65,8 @@ def fit_views(method: str, x_genomics: np.ndarray, x_brain: np.ndarray, n_pcs: i
         steps = [StandardScaler()]
         if method == "cca":
             steps.append(PCA(n_components=min(n_pcs, *x.shape), random_state=seed))
+        elif x.shape[1] > x.shape[0]:
+            steps.append(PCA(n_components=None, svd_solver="full"))  # None: min(N, d) = N
         views.append(make_pipeline(*steps).fit(x))
     return tuple(views)
 
@@ -88,15 +93,20 @@ def fit_two_view(
 
 def _heldout_ranks(method, xg, xb, grid, folds: KFold, seed) -> np.ndarray:
     """(len(grid),) mean over folds and directions of the held-out fold's mean rank / fold size (0 = perfect, ~0.5 =
-    chance) for each (k, p) of the grid; each fold's preprocessing is fit once, with the largest p."""
+    chance) for each (k, p) of the grid. Per fold the preprocessing is fit once (largest p) and per p the model once
+    (largest k; smaller k are its first components)."""
     scores = np.zeros(len(grid))
     max_pcs = max((p for _, p in grid if p is not None), default=None)
     for tr, te in folds.split(xg):
         views = fit_views(method, xg[tr], xb[tr], max_pcs, seed)
-        for i, (k, p) in enumerate(grid):
-            u, v = fit_two_view(method, xg[tr], xb[tr], k, p, seed, views).embed(xg[te], xb[te])
-            ranks = direction_ranks({"genomics": torch.from_numpy(u).float(), "brain": torch.from_numpy(v).float()})
-            scores[i] += np.mean([float(r.float().mean()) / len(te) for r in ranks.values()])
+        for p in dict.fromkeys(p for _, p in grid):
+            ks = [k for k, q in grid if q == p]
+            model = fit_two_view(method, xg[tr], xb[tr], max(ks), p, seed, views)
+            for k in ks:
+                u, v = model.embed(xg[te], xb[te], k)
+                z = {"genomics": torch.from_numpy(u).float(), "brain": torch.from_numpy(v).float()}
+                ranks = direction_ranks(z).values()
+                scores[grid.index((k, p))] += np.mean([float(r.float().mean()) / len(te) for r in ranks])
     return scores / folds.get_n_splits()
 
 
