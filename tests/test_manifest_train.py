@@ -1,8 +1,14 @@
 """The recipes of kb/cohort-format.md and the README end to end at the TINY_DEMO sizes: an fMRIPrep-style tree (with
-confounds) -> `python -m fusion.manifest` -> fusion.train with brain.transform.confounds=simple; a parcellated-series
-cohort (time x parcels .npy) trains with brain=fc."""
+confounds) -> `python -m fusion.manifest` -> fusion.train with brain.transform.confounds=simple; the same tree plus
+the demo VCF as a PLINK 2 set (Debian's plink2) trains the dosage baseline from data.genotypes=<.pgen> with
+confounds=scrubbing (issue 11's "done when"); a parcellated-series cohort (time x parcels .npy) trains with brain=fc."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +18,7 @@ from fusion.app.cohort_source import demo_cohort
 from fusion.demo.fmriprep import fmriprep_from_demo
 from fusion.manifest import main as manifest_main
 from fusion.train import train
+from genomics.dosage import read_dosages
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +69,40 @@ def test_parcellated_series_cohort_trains_with_fc(tiny, tmp_path, demo_cache, tr
     metrics, objs = train(cfg)
     assert np.isfinite(metrics["train/loss"]) and "test/b2g/R@1" in metrics
     assert {s.kind for s in objs["datamodule"].cohort.scans.values()} == {"parcels"}
+
+
+@pytest.mark.slow  # ~30 s on 2 shared cores (16 runs written, scrubbed, parcellated; plink2 < 1 s)
+@pytest.mark.skipif(
+    shutil.which("plink2") is None and not os.environ.get("CI"),
+    reason="plink2 not installed (apt-get install plink2); required when CI is set",
+)
+def test_fmriprep_tree_and_pgen_train_the_dosage_baseline_with_scrubbing(tiny, tmp_path, demo_cache, train_config,
+                                                                         capsys):  # fmt: skip
+    root = fmriprep_from_demo(tiny["manifest"].parent, tmp_path / "derivatives", runs=1, artefact=0.5)
+    manifest = tmp_path / "manifest.csv"
+    assert manifest_main([f"bids={root}", f"out={manifest}"]) == 0
+    assert "16 subjects, 16 runs" in capsys.readouterr().out
+    subjects = pd.read_csv(manifest)["subject_id"].tolist()
+    # kb/cohort-format.md: `plink2 --vcf` keeps the VCF's sample names as IIDs, and fMRIPrep's labels with their
+    # `sub-` prefix are those names, so the .psam matches the manifest without renaming
+    subprocess.run(["plink2", "--vcf", str(tiny["vcf"]), "--make-pgen", "--out", str(tmp_path / "cohort")],
+                   check=True, capture_output=True)  # fmt: skip
+    pgen = tmp_path / "cohort.pgen"
+    psam = [line.split("\t")[0] for line in pgen.with_suffix(".psam").read_text().splitlines()[1:]]
+    assert sorted(psam) == sorted(subjects) and subjects[0].startswith("sub-")
+    overrides = cohort_overrides(tiny, manifest) + [
+        f"data.genotypes={pgen}", "genomics=dosage", "brain.transform.confounds=scrubbing",
+        "brain.transform.window=64", "trainer.max_epochs=1",
+    ]  # fmt: skip
+    # (window=64: scrubbed scans differ in length, 95-97 volumes, so whole-scan windows could not be batched)
+    metrics, objs = train(train_config(tmp_path, demo_cache, overrides))
+    assert np.isfinite(metrics["train/loss"]) and "test/g2b/R@1" in metrics
+    dm = objs["datamodule"]
+    assert dm.brain_transform.confounds == "scrubbing" and len(dm.brain_transform.scans) == 16
+    assert sum(len(r) for r in dm.brain_transform.run_series(dm.cohort.subjects["fmri"][0])) < 100  # censored
+    transform = dm.genomics_transform
+    assert Path(transform.genotypes) == pgen
+    vcf = read_dosages(tiny["vcf"], transform.regions)  # the same regions, read from the VCF
+    assert transform.table.dosages.shape == vcf.dosages.shape and vcf.dosages.shape[0] > 0
+    for sid in dm.cohort.subjects["subject_id"]:
+        np.testing.assert_array_equal(transform(sid).numpy(), vcf.dosages[:, vcf.samples.index(sid)], err_msg=sid)
