@@ -1,14 +1,17 @@
 """Write a cohort manifest from fMRIPrep derivatives: `python -m fusion.manifest bids=DERIV_DIR out=manifest.csv
-[space=MNI152NLin2009cAsym] [task=rest] [res=LABEL] [participants=participants.tsv] [runs=first|all] [split_seed=0]
-[split_fractions=0.7,0.15,0.15]` (kb/cohort-format.md, "From fMRIPrep derivatives").
+[space=MNI152NLin2009cAsym|fsLR] [task=rest] [res=LABEL] [den=LABEL] [participants=participants.tsv] [runs=first|all]
+[split_seed=0] [split_fractions=0.7,0.15,0.15]` (kb/cohort-format.md, "From fMRIPrep derivatives").
 
     table, notes = build_manifest(bids, out, ...)   # library: the manifest as a DataFrame (paths relative to out)
     write_table(table, out)                          # atomically (temp file in out's folder, then rename)
 
 One row per subject (BIDS label with its `sub-` prefix, as the VCF's sample names): `fmri` the preprocessed BOLD
 (brain.bids.find_bold_runs), `confounds` its fMRIPrep confounds table, `mask` its brain mask, `t_r` its repetition
-time (s). runs=first keeps each subject's first run (session, then run number); runs=all keeps every run, `;`-joined
-in that order in `fmri`, `confounds` and `mask` (the brain transforms draw windows from all of them). Covariates are
+time (s). space=fsLR finds fMRIPrep's CIFTI-2 dense series (`..._space-fsLR_den-91k_bold.dtseries.nii`; den= picks
+one density when there are several): `fmri` points at them, there is no `mask` column, and the cohort needs a
+.dlabel.nii atlas on the same grayordinates (data.atlas). runs=first keeps each subject's first run (session, then
+run number); runs=all keeps every run, `;`-joined in that order in `fmri`, `confounds` and `mask` (the brain
+transforms draw windows from all of them). Covariates are
 copied from participants.tsv (default: <bids>/participants.tsv when it exists; BIDS `n/a` = missing), except its
 `participant_id`; a `split` column there is kept as given, otherwise splits come from fusion.splits.assign_splits
 (stratified by `site` when that column exists, `family_id` keeps families in one split), reproducible with
@@ -31,7 +34,8 @@ from fusion.splits import SPLITS, assign_splits
 
 USAGE = __doc__.split("\n\n")[0]
 OPTIONS = {  # key -> default (None: optional, no default); `bids` and `out` are required
-    "bids": None, "out": None, "space": "MNI152NLin2009cAsym", "task": "rest", "res": None, "participants": None,
+    "bids": None, "out": None, "space": "MNI152NLin2009cAsym", "task": "rest", "res": None, "den": None,
+    "participants": None,
     "runs": "first", "split_seed": "0", "split_fractions": "0.7,0.15,0.15",
 }  # fmt: skip
 
@@ -67,6 +71,7 @@ def build_manifest(
     space: str = "MNI152NLin2009cAsym",  # BOLD output space
     task: str = "rest",  # BIDS task label
     res: str | None = None,  # resolution entity, when fMRIPrep wrote several
+    den: str | None = None,  # density entity of CIFTI outputs (space=fsLR), when fMRIPrep wrote several
     participants: str | Path | None = None,  # participants.tsv; None = <bids>/participants.tsv if present
     runs: str = "first",  # "first" | "all"
     split_seed: int = 0,  # seeds assign_splits
@@ -75,7 +80,7 @@ def build_manifest(
     """(manifest table, notes to print): module docstring."""
     if runs not in ("first", "all"):
         raise FusionInputError(f"runs must be 'first' or 'all', got {runs!r}")
-    found, notes = find_bold_runs(bids, space=space, task=task, res=res)
+    found, notes = find_bold_runs(bids, space=space, task=task, res=res, den=den)
     base = Path(out).expanduser().absolute().parent
 
     def rel(path) -> str:

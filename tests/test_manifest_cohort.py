@@ -1,17 +1,23 @@
 """Manifests from fMRIPrep trees and parcellated series through fusion.cohort: runs, confounds, masks and TR reach the
-brain transforms; the report counts censored volumes; volume encoders refuse parcel inputs; TR checks."""
+brain transforms; the report counts censored volumes; volume encoders refuse parcel inputs; TR checks; space=fsLR
+finds fMRIPrep's CIFTI dense series, which a .dlabel.nii atlas parcellates as the masker does the volumes."""
 
 from __future__ import annotations
+
+import dataclasses
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from brain.errors import BrainInputError
 from brain.parcellation import ParcelTimeSeries
+from brain.scans import Scan
 from brain.transforms import BrainLMParcels, VolumeWindows
 from fusion.cohort import CohortError, exclude_short_scans, load_cohort
 from fusion.demo import generate_demo_cohort
-from fusion.demo.fmriprep import fmriprep_from_demo
+from fusion.demo.fmriprep import DLABEL, fmriprep_from_demo
 from fusion.manifest import build_manifest, write_table
 
 N_VOLUMES = 30
@@ -107,3 +113,40 @@ def test_parcellated_cohort_and_volume_encoders_refuse_it(demo, tmp_path):
     np.save(tmp_path / "sub-0002.npy", np.zeros((N_VOLUMES, 5), np.float32))
     cohort, report = load(demo, tmp_path / "parcels.csv")
     assert "sub-0002" in report.excluded and "5 columns, but the atlas has" in report.summary()
+
+
+def test_fslr_dense_series_found_and_parcellated_with_a_dlabel(demo, tmp_path):
+    root = fmriprep_from_demo(demo["manifest"].parent, tmp_path / "derivatives", runs=2, cifti=True)
+    out = tmp_path / "manifest.csv"
+    table, notes = build_manifest(root, out, space="fsLR", runs="all")
+    write_table(table, out)
+    assert "mask" not in table.columns and not any("brain mask" in n for n in notes)
+    assert len(table) == 6 and (table["t_r"] == 2.0).all()  # from the .dtseries.json sidecars
+    runs = [f.split(";") for f in table["fmri"]]
+    assert all(len(r) == 2 and all(f.endswith("_space-fsLR_den-91k_bold.dtseries.nii") for f in r) for r in runs)
+    assert all(c.split(";")[0].endswith("_run-1_desc-confounds_timeseries.tsv") for c in table["confounds"])
+    volumes, _ = build_manifest(root, out)  # the default space still finds only the NIfTI runs
+    assert all(f.endswith("desc-preproc_bold.nii.gz") for f in volumes["fmri"])
+    files = {k: v for k, v in demo.items() if k != "manifest"}
+    cohort, report = load_cohort(out, **{**files, "atlas": root / DLABEL}, checks="full")
+    assert report.ok, report.summary()
+    assert len(cohort.subjects) == 6 and {s.kind for s in cohort.scans.values()} == {"cifti"}
+    assert len(cohort.labels) == 264
+    # the dense series parcellated with the dlabel = the volume parcellated with the label NIfTI, run by run
+    cifti = ParcelTimeSeries(cohort.atlas, cohort.labels, standardize=False, confounds="simple", scans=cohort.scans)
+    write_table(volumes, tmp_path / "volumes.csv")
+    vol_cohort, _ = load(demo, tmp_path / "volumes.csv")
+    first_c, first_v = cohort.subjects["fmri"][0], vol_cohort.subjects["fmri"][0]
+    scan = vol_cohort.scans[first_v]
+    assert all(r.mask for r in scan.runs) and len(scan.runs) == 1  # volumes: masked, runs=first
+    unmasked = Scan(scan.subject_id, tuple(dataclasses.replace(r, mask=None) for r in scan.runs))
+    volume = ParcelTimeSeries(demo["atlas"], standardize=False, confounds="simple", scans={first_v: unmasked})
+    for c, v in zip(cifti.run_series(first_c)[:1], volume.run_series(first_v), strict=True):
+        assert c.shape == (N_VOLUMES - 1, 264)  # confounds regressed, the non-steady-state volume censored
+        np.testing.assert_allclose(c, v, rtol=1e-4, atol=1e-4)
+    # two densities: den= picks one, otherwise the error says so
+    dts = root / "sub-0001" / "func" / "sub-0001_task-rest_run-1_space-fsLR_den-91k_bold.dtseries.nii"
+    shutil.copy(dts, dts.with_name(dts.name.replace("den-91k", "den-170k")))
+    with pytest.raises(BrainInputError, match="several resolutions.*den=<label>"):
+        build_manifest(root, out, space="fsLR")
+    assert len(build_manifest(root, out, space="fsLR", den="91k")[0]) == 6

@@ -1,7 +1,8 @@
 """The recipes of kb/cohort-format.md and the README end to end at the TINY_DEMO sizes: an fMRIPrep-style tree (with
 confounds) -> `python -m fusion.manifest` -> fusion.train with brain.transform.confounds=simple; the same tree plus
 the demo VCF as a PLINK 2 set (Debian's plink2) trains the dosage baseline from data.genotypes=<.pgen> with
-confounds=scrubbing (issue 11's "done when"); a parcellated-series cohort (time x parcels .npy) trains with brain=fc."""
+confounds=scrubbing (issue 11's "done when"); the tree's fsLR dense series (space=fsLR) with the atlas as .dlabel.nii
+train brain=fc; a parcellated-series cohort (time x parcels .npy) trains with brain=fc."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from fusion.app.cohort_source import demo_cohort
-from fusion.demo.fmriprep import fmriprep_from_demo
+from fusion.demo.fmriprep import DLABEL, fmriprep_from_demo
 from fusion.manifest import main as manifest_main
 from fusion.train import train
 from genomics.dosage import read_dosages
@@ -106,3 +107,19 @@ def test_fmriprep_tree_and_pgen_train_the_dosage_baseline_with_scrubbing(tiny, t
     assert transform.table.dosages.shape == vcf.dosages.shape and vcf.dosages.shape[0] > 0
     for sid in dm.cohort.subjects["subject_id"]:
         np.testing.assert_array_equal(transform(sid).numpy(), vcf.dosages[:, vcf.samples.index(sid)], err_msg=sid)
+
+
+@pytest.mark.slow  # ~25 s on 2 shared cores (16 runs written as NIfTI and CIFTI)
+def test_fslr_dense_series_manifest_trains_with_fc(tiny, tmp_path, demo_cache, train_config, capsys):
+    root = fmriprep_from_demo(tiny["manifest"].parent, tmp_path / "derivatives", runs=1, cifti=True)
+    manifest = tmp_path / "manifest.csv"
+    assert manifest_main([f"bids={root}", f"out={manifest}", "space=fsLR"]) == 0
+    assert "16 subjects, 16 runs" in capsys.readouterr().out
+    overrides = cohort_overrides({**tiny, "atlas": root / DLABEL}, manifest) + [
+        "brain=fc", "brain.transform.confounds=simple", "trainer.max_epochs=1",
+    ]  # fmt: skip
+    metrics, objs = train(train_config(tmp_path, demo_cache, overrides))
+    assert np.isfinite(metrics["train/loss"]) and "test/b2g/R@1" in metrics
+    dm = objs["datamodule"]
+    assert {s.kind for s in dm.cohort.scans.values()} == {"cifti"} and len(dm.brain_transform.labels) == 264
+    assert dm.brain_transform.run_series(dm.cohort.subjects["fmri"][0])[0].shape == (99, 264)

@@ -3,7 +3,8 @@
 
     fmriprep_tree(out, {"sub-0001": [img_run1, img_run2], ...}, participants=table, seed=0)
     fmriprep_from_demo(demo_dir, out, runs=1, artefact=0.5)   # the demo cohort's scans as fMRIPrep would hold them
-    python -m fusion.demo.fmriprep demo=DIR out=DIR [runs=1] [artefact=0.5] [seed=0]   # the same from the shell
+    fmriprep_from_demo(demo_dir, out, cifti=True)             # ... plus fsLR dense series and the atlas as .dlabel.nii
+    python -m fusion.demo.fmriprep demo=DIR out=DIR [runs=1] [artefact=0.5] [seed=0] [cifti=0|1]   # from the shell
 
 Per run (BIDS 1.9 / fMRIPrep >= 20.2 names, brain.bids): `sub-<L>/func/sub-<L>_task-rest_run-<R>_space-<SPACE>
 _res-2_desc-preproc_bold.nii.gz` + its JSON sidecar (RepetitionTime), `..._desc-brain_mask.nii.gz` (voxels non-zero in
@@ -15,6 +16,11 @@ non_steady_state_outlier00 (volume 0). `spikes` volumes get a jump in trans_x (F
 scrubbing censors). With `artefact` > 0 the BOLD itself gets motion/physiology-driven signal (add_artefact: each
 voxel a mix of the motion and csf/wm regressors, `artefact` x its temporal std) and a global jump at the spikes, so
 regressing the confounds visibly changes connectivity. participants.tsv gets participant_id and the covariates.
+With a `cifti_atlas` (a label NIfTI on the scans' grid), each run is also written as fMRIPrep's `--cifti-output` does,
+`sub-<L>_task-rest_run-<R>_space-fsLR_den-91k_bold.dtseries.nii` + `.dtseries.json`, on demo grayordinates
+(demo_grayordinates: the atlas's labelled voxels as vertices of a left and a right cortex surface, not HCP's 91,282,
+whatever the den label says), and the atlas on the same grayordinates as DLABEL at the tree's root: parcellating the
+dense series with it gives the parcel means NiftiLabelsMasker gives for the volume (CIFTI-2 via nibabel.cifti2).
 The tree is written in a temporary sibling folder renamed into place.
 """
 
@@ -32,6 +38,8 @@ import pandas as pd
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 TISSUE = ("csf", "white_matter", "global_signal")
 N_COMPCOR = 5  # a_comp_cor_00..04 (Mask "combined")
+CIFTI_SPACE = "fsLR_den-91k"  # space (and density) entities of the dense series, as fMRIPrep names them
+DLABEL = "atlas-demo_space-fsLR_den-91k_dseg.dlabel.nii"  # the atlas on the demo grayordinates (tree root)
 
 
 def _expand(table: dict, name: str, x: np.ndarray) -> None:
@@ -109,6 +117,34 @@ def add_artefact(img: nib.Nifti1Image, confounds: pd.DataFrame, rng, strength: f
     return out
 
 
+def demo_grayordinates(atlas: nib.Nifti1Image) -> tuple[nib.cifti2.BrainModelAxis, np.ndarray]:
+    """(grayordinates axis, (N, 3) voxel indices): every voxel with a non-zero label, in C order, as one vertex of
+    CortexLeft (world x < 0) or CortexRight (the others)."""
+    labels = np.asarray(atlas.dataobj)
+    voxels = np.argwhere(labels != 0)  # (N, 3), C order
+    left = nib.affines.apply_affine(atlas.affine, voxels)[:, 0] < 0
+    voxels = np.concatenate([voxels[left], voxels[~left]])
+    models = nib.cifti2.BrainModelAxis.from_mask(np.ones(int(left.sum()), bool), name="CortexLeft")
+    models = models + nib.cifti2.BrainModelAxis.from_mask(np.ones(int((~left).sum()), bool), name="CortexRight")
+    return models, voxels
+
+
+def dense_series(img: nib.Nifti1Image, models, voxels: np.ndarray, t_r: float) -> nib.Cifti2Image:
+    """The 4D image's time courses at `voxels` as a CIFTI-2 dense series (time x grayordinates, float32)."""
+    data = np.asarray(img.dataobj, dtype=np.float32)[tuple(voxels.T)].T  # (T, N)
+    series = nib.cifti2.SeriesAxis(start=0.0, step=t_r, size=data.shape[0], unit="second")
+    return nib.Cifti2Image(np.ascontiguousarray(data), header=(series, models))
+
+
+def dense_labels(atlas: nib.Nifti1Image, models, voxels: np.ndarray) -> nib.Cifti2Image:
+    """The label image at `voxels` as a CIFTI-2 dense label file (one map; key 0 `???`, key k `parcel<k>`)."""
+    keys = np.asarray(atlas.dataobj)[tuple(voxels.T)].astype(np.float32)  # (N,)
+    table = {0: ("???", (0.0, 0.0, 0.0, 0.0))}
+    for k in np.unique(keys).astype(int):
+        table[int(k)] = (f"parcel{k:03d}", (float(k % 7) / 7, float(k % 11) / 11, float(k % 13) / 13, 1.0))
+    return nib.Cifti2Image(keys[None, :], header=(nib.cifti2.LabelAxis(["parcels"], [table]), models))
+
+
 def fmriprep_tree(
     out: str | Path,
     scans: dict[str, list[nib.Nifti1Image]],  # subject id ("sub-<label>") -> its runs' 4D images
@@ -119,6 +155,7 @@ def fmriprep_tree(
     n_spikes: int = 2,  # high-motion volumes per run (censored by confounds=scrubbing)
     artefact: float = 0.0,  # strength of the confound-driven signal added to the BOLD (0: the scans as given)
     sessions: bool = False,  # put each run in its own ses-<k> folder instead of run-<k> entities
+    cifti_atlas: nib.Nifti1Image | None = None,  # also write fsLR dense series on its grayordinates, and DLABEL
 ) -> Path:
     """Write the derivatives tree (module docstring); returns `out`."""
     out = Path(out)
@@ -138,6 +175,9 @@ def fmriprep_tree(
                 indent=1,
             )
         )
+        if cifti_atlas is not None:
+            models, voxels = demo_grayordinates(cifti_atlas)
+            nib.save(dense_labels(cifti_atlas, models, voxels), tmp / DLABEL)
         for j, (sid, runs) in enumerate(scans.items()):
             label = sid.removeprefix("sub-")
             for r, img in enumerate(runs):
@@ -157,6 +197,12 @@ def fmriprep_tree(
                 bold.with_name(bold.name.replace(".nii.gz", ".json")).write_text(
                     json.dumps({"RepetitionTime": t_r, "SkullStripped": False, "TaskName": task})
                 )
+                if cifti_atlas is not None:
+                    dts = func / f"{stem}_space-{CIFTI_SPACE}_bold.dtseries.nii"
+                    nib.save(dense_series(img, models, voxels, t_r), dts)
+                    dts.with_name(dts.name.replace(".nii", ".json")).write_text(
+                        json.dumps({"RepetitionTime": t_r, "TaskName": task})
+                    )
                 mean = np.asarray(img.dataobj, dtype=np.float32).mean(-1)
                 mask = nib.Nifti1Image((mean != 0).astype(np.uint8), img.affine)
                 nib.save(mask, func / f"{stem}_space-{space}_res-2_desc-brain_mask.nii.gz")
@@ -180,6 +226,7 @@ def fmriprep_from_demo(
     artefact: float = 0.5,  # confound-driven signal added to each run (fmriprep_tree)
     seed: int = 0,
     families: bool = True,  # participants.tsv gets family_id (pairs of consecutive subjects)
+    cifti: bool = False,  # also the fsLR dense series, and the demo atlas (atlas.nii.gz) as <out>/DLABEL
 ) -> Path:
     """The demo cohort's scans as fMRIPrep derivatives, with participants.tsv from its manifest's covariates (age,
     sex, site; its split column is dropped so fusion.manifest assigns splits)."""
@@ -200,14 +247,16 @@ def fmriprep_from_demo(
     covariates = manifest.drop(columns=["fmri", "split"]).set_index("subject_id")
     if families:
         covariates["family_id"] = [f"fam{i // 2 + 1:04d}" for i in range(len(covariates))]
-    return fmriprep_tree(out, scans, covariates, seed=seed, artefact=artefact)
+    atlas = nib.load(str(demo_dir / "atlas.nii.gz")) if cifti else None
+    return fmriprep_tree(out, scans, covariates, seed=seed, artefact=artefact, cifti_atlas=atlas)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fusion.demo.fmriprep demo=DIR out=DIR [runs=1] [artefact=0.5] [seed=0]`: fmriprep_from_demo."""
+    """`python -m fusion.demo.fmriprep demo=DIR out=DIR [runs=1] [artefact=0.5] [seed=0] [cifti=0|1]`: see
+    fmriprep_from_demo."""
     import sys
 
-    args = {"runs": "1", "artefact": "0.5", "seed": "0"}
+    args = {"runs": "1", "artefact": "0.5", "seed": "0", "cifti": "0"}
     for arg in sys.argv[1:] if argv is None else argv:
         key, eq, value = arg.partition("=")
         if not eq or key not in ("demo", "out", *args):
@@ -218,12 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         print("fusion.demo.fmriprep: give demo=DIR (a demo cohort) and out=DIR (a new folder)", file=sys.stderr)
         return 2
     try:
-        runs, artefact, seed = int(args["runs"]), float(args["artefact"]), int(args["seed"])
-        out = fmriprep_from_demo(args["demo"], args["out"], runs=runs, artefact=artefact, seed=seed)
+        runs, artefact, seed, cifti = int(args["runs"]), float(args["artefact"]), int(args["seed"]), int(args["cifti"])
+        out = fmriprep_from_demo(args["demo"], args["out"], runs=runs, artefact=artefact, seed=seed, cifti=bool(cifti))
     except (OSError, ValueError) as err:
         print(f"fusion.demo.fmriprep: {err}", file=sys.stderr)
         return 2
     print(f"fMRIPrep-style derivatives in {out}; next: python -m fusion.manifest bids={out} out=manifest.csv")
+    if cifti:
+        print(f"fsLR dense series too: space=fsLR, and data.atlas={out / DLABEL}")
     return 0
 
 
