@@ -9,7 +9,9 @@ Keys. `model_identity(model, **settings)`: SHA-256 over the model's class name, 
 shape and the raw bytes of every tensor), its config (`config.to_dict()` without bookkeeping fields that do not change
 outputs: ssm_backend, transformers_version, architectures, _name_or_path, dtype, ...) and the settings (JSON, sorted;
 pooling choices go here). `sequence_key(ids)`: BLAKE2b-128 of the row's token ids as little-endian int64, 32 hex
-digits; the length is part of the bytes, padding is part of the sequence.
+digits; the length is part of the bytes, padding is part of the sequence. `content_key(*parts)`: the same digest over
+any byte/str parts, each length-prefixed (so ("ab", "c") and ("a", "bc") differ): the keys of other content stored in
+the same format (fusion.feature_cache: a subject's frozen-encoder features keyed by its input files' content).
 
 Layout of a cache folder (one model identity):
     meta.json                          {"format", "version", "model_id", "dim", "dtype": "float32"}; created once,
@@ -90,6 +92,16 @@ def sequence_key(ids: Tensor | np.ndarray) -> str:
 def sequence_keys(ids: Tensor | np.ndarray) -> list[str]:
     """Keys of the rows of ids (N, L)."""
     return [hashlib.blake2b(row.tobytes(), digest_size=KEY_BYTES).hexdigest() for row in _rows(ids)]
+
+
+def content_key(*parts: bytes | str) -> str:
+    """Key of any content: BLAKE2b-128 over the parts (str as UTF-8), each preceded by its length; 32 hex digits."""
+    h = hashlib.blake2b(digest_size=KEY_BYTES)
+    for part in parts:
+        raw = part.encode() if isinstance(part, str) else bytes(part)
+        h.update(len(raw).to_bytes(8, "little"))
+        h.update(raw)
+    return h.hexdigest()
 
 
 def _key_bytes(key: str) -> bytes:
