@@ -17,8 +17,10 @@ order within a region; a variant inside two overlapping regions comes once per r
 Contig names are matched with genomics.contigs.match_contig ('chr1' <-> '1', 'chrM' <-> 'MT').
 
 Format (`genotype_format`): `.vcf`, `.vcf.gz`, `.vcf.bgz`, `.bcf` are VCF/BCF (indexed: `tabix -p vcf` or
-`bcftools index`); `.pgen` is PLINK 2 and needs `.pvar` and `.psam` beside it; `.bed` is PLINK 1 and needs `.bim` and
-`.fam` beside it (and PLINK's magic bytes): a regions BED given here is refused, never read as genotypes.
+`bcftools index`); `.pgen` is PLINK 2 and needs `.pvar` (or the zstd-compressed `.pvar.zst` that `plink2 --make-pgen
+vzs` writes and large releases ship; read through the `zstandard` package) and `.psam` beside it; `.bed` is PLINK 1
+and needs `.bim` and `.fam` beside it (and PLINK's magic bytes): a regions BED given here is refused, never read as
+genotypes.
 PLINK sets store every call as two alleles: a haploid call reads as homozygous (ALT dosage 2, PLINK's own convention),
 where the VCF path reads it as one allele. Allele order of PLINK 1: .bim column 5 (A1) is read as the ALT and column
 6 (A2) as the REF, which is what `plink2 --make-bed` writes from a VCF (and what pgenlib assumes); PLINK 1.9 without
@@ -42,6 +44,7 @@ MISSING = -1  # allele code of a missing call (any missing slot makes the call m
 NO_ALLELE = -2  # the absent second slot of a haploid VCF call (not missing; counts no allele)
 VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz", ".bcf")
 PLINK_SIBLINGS = {"pgen": (".pvar", ".psam"), "bed": (".bim", ".fam")}  # format -> the files it needs beside it
+ZSTD_SIBLINGS = {".pvar"}  # siblings that may be zstd-compressed instead (`<prefix>.pvar.zst`, plink2's `vzs`)
 PLINK1_MAGIC = b"\x6c\x1b\x01"  # the first bytes of a variant-major PLINK 1 .bed
 
 
@@ -103,24 +106,44 @@ class GenotypeSource(ABC):
         self.close()
 
 
+def plink_sibling(path: Path, suffix: str) -> Path | None:
+    """The sibling file `suffix` of a PLINK set (`<prefix><suffix>`, else `<prefix><suffix>.zst` for ZSTD_SIBLINGS,
+    the order plink2 --pfile looks in); None when neither is there."""
+    for candidate in (path.with_suffix(suffix), path.with_suffix(suffix + ".zst")):
+        if candidate.is_file():
+            return candidate
+        if suffix not in ZSTD_SIBLINGS:
+            break
+    return None
+
+
+def plink_files(path: Path, fmt: str) -> tuple[Path, Path]:
+    """(variant file, sample file) of the PLINK set `path` ("pgen" or "bed"); GenomicsInputError naming what is
+    missing (a .bed without .bim/.fam is taken for a regions BED given by mistake)."""
+    siblings = PLINK_SIBLINGS[fmt]
+    found = [plink_sibling(path, s) for s in siblings]
+    absent = [path.with_suffix(s).name for s, f in zip(siblings, found) if f is None]
+    if absent and fmt == "bed":
+        raise GenomicsInputError(
+            f"{path}: a PLINK 1 .bed needs {' and '.join(absent)} beside it, and none is there; if this is "
+            "a regions BED, it belongs in data.regions, not data.genotypes"
+        )
+    if absent:
+        raise GenomicsInputError(
+            f"{path}: a PLINK 2 .pgen needs {' and '.join(absent)} beside it (the variants may be {path.stem}.pvar.zst)"
+        )
+    return found[0], found[1]
+
+
 def genotype_format(path: str | Path) -> str:
     """ "vcf", "pgen" or "bed" from the file name and its siblings; GenomicsInputError naming what is missing."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith(VCF_SUFFIXES):
         return "vcf"
-    for fmt, siblings in PLINK_SIBLINGS.items():
+    for fmt in PLINK_SIBLINGS:
         if name.endswith("." + fmt):
-            absent = [path.with_suffix(s).name for s in siblings if not path.with_suffix(s).is_file()]
-            if absent and fmt == "bed":
-                raise GenomicsInputError(
-                    f"{path}: a PLINK 1 .bed needs {' and '.join(absent)} beside it, and none is there; if this is "
-                    "a regions BED, it belongs in data.regions, not data.genotypes"
-                )
-            if absent:
-                zst = [n for n in absent if path.with_suffix(Path(n).suffix + ".zst").is_file()]
-                hint = f" ({zst[0]}.zst is there: decompress it with `zstd -d`)" if zst else ""
-                raise GenomicsInputError(f"{path}: a PLINK 2 .pgen needs {' and '.join(absent)} beside it{hint}")
+            plink_files(path, fmt)
             return fmt
     raise GenomicsInputError(
         f"{path}: not a genotype file name; use a VCF/BCF (.vcf.gz, .bcf), a PLINK 2 .pgen (with .pvar and .psam) "

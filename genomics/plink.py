@@ -1,7 +1,8 @@
 """PLINK 2 (.pgen/.pvar/.psam) and PLINK 1 (.bed/.bim/.fam) genotype sets as a genomics.genotypes.GenotypeSource.
 
 References: PLINK 2 file formats, https://www.cog-genomics.org/plink/2.0/formats (.pvar: `##` meta lines, an optional
-`#CHROM POS ID REF ALT ...` header, headerless = .bim column order; .psam: `#FID IID ...` or `#IID ...` header,
+`#CHROM POS ID REF ALT ...` header, headerless = .bim column order; `.pvar.zst` the same text zstd-compressed, as
+`--make-pgen vzs` writes it, read with the `zstandard` package; .psam: `#FID IID ...` or `#IID ...` header,
 headerless = .fam); pgenlib's Python API (2.0/Python/python_api.txt in plink-ng: PgenReader reads .pgen and
 variant-major .bed, allele 0 = REF = the .bim's last column, -9 = missing; `allele_idx_offsets` for multi-allelic
 variants).
@@ -16,6 +17,7 @@ sample name as IID). Allele order and haploid calls: genomics.genotypes' module 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ import pandas as pd
 
 from genomics.contigs import match_contig
 from genomics.errors import GenomicsInputError
-from genomics.genotypes import MISSING, PLINK1_MAGIC, PLINK_SIBLINGS, GenotypeSource, Variant
+from genomics.genotypes import MISSING, PLINK1_MAGIC, GenotypeSource, Variant, plink_files
 
 BLOCK_CALLS = 1 << 24  # allele slots (variants x 2 x samples) read per pgenlib call: 64 MiB of int32
 NUMERIC_CONTIGS = {"23": "X", "24": "Y", "26": "MT"}  # PLINK 1 chromosome codes
@@ -31,10 +33,28 @@ BIM_COLUMNS = ("#CHROM", "ID", "CM", "POS", "ALT", "REF")  # .bim (and headerles
 NO_ALT = {".", "0"}  # an absent ALT (.pvar) or PLINK 1's missing allele code (a monomorphic .bim line)
 
 
+@contextmanager
+def open_text(path: Path):
+    """The text of a PLINK file, zstd-decompressed on the fly when its name ends in .zst; a corrupt stream is a
+    GenomicsInputError naming the file."""
+    if path.name.lower().endswith(".zst"):
+        import zstandard
+
+        try:
+            with zstandard.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+                yield fh
+        except zstandard.ZstdError as err:
+            raise GenomicsInputError(f"{path}: not a readable zstd stream ({err}); check it with `zstd -t`") from err
+    else:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            yield fh
+
+
 def read_variant_table(path: Path) -> tuple[pd.DataFrame, int]:
-    """(table with columns #CHROM, POS (int64), ID, REF, ALT, one row per variant; the file line of row 0)."""
+    """(table with columns #CHROM, POS (int64), ID, REF, ALT, one row per variant; the file line of row 0), from a
+    .pvar, .pvar.zst or .bim."""
     skip, header = 0, None
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open_text(path) as fh:
         for line in fh:
             if line.startswith("##"):
                 skip += 1
@@ -46,10 +66,11 @@ def read_variant_table(path: Path) -> tuple[pd.DataFrame, int]:
             break
     bim = header is None
     try:
-        table = pd.read_csv(
-            path, sep=r"\s+" if bim else "\t", header=None, skiprows=skip, dtype=str, keep_default_na=False,
-            na_filter=False, names=None if bim else header, engine="c",
-        )  # fmt: skip
+        with open_text(path) as fh:
+            table = pd.read_csv(
+                fh, sep=r"\s+" if bim else "\t", header=None, skiprows=skip, dtype=str, keep_default_na=False,
+                na_filter=False, names=None if bim else header, engine="c",
+            )  # fmt: skip
     except pd.errors.EmptyDataError:
         table = pd.DataFrame(columns=list(BIM_COLUMNS))
     except (pd.errors.ParserError, ValueError) as err:
@@ -120,7 +141,7 @@ class PlinkGenotypes(GenotypeSource):
 
         super().__init__(path)
         self.format = fmt
-        variants_file, samples_file = (path.with_suffix(s) for s in PLINK_SIBLINGS[fmt])
+        variants_file, samples_file = plink_files(path, fmt)
         self._samples_file, self._variants_file = samples_file, variants_file
         if fmt == "bed":
             with open(path, "rb") as fh:

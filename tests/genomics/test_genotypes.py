@@ -45,19 +45,21 @@ def sh(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def genotype_sets(tmp_path_factory) -> dict[str, Path]:
-    """The VCF and plink2's conversions: .pgen (multi-allelic kept) and .bed (after `bcftools norm -m-`)."""
+    """The VCF and plink2's conversions: .pgen (multi-allelic kept), the same with a zstd-compressed .pvar.zst
+    (`--make-pgen vzs`), and .bed (after `bcftools norm -m-`)."""
     d = tmp_path_factory.mktemp("plink")
     plain = d / "g.vcf"
     plain.write_text(VCF)
     vcf = Path(pysam.tabix_index(str(plain), preset="vcf", force=True))
     sh("plink2", "--vcf", str(vcf), "--make-pgen", "--out", str(d / "g2"))
+    sh("plink2", "--vcf", str(vcf), "--make-pgen", "vzs", "--out", str(d / "g2z"))
     sh("bcftools", "norm", "-m-", str(vcf), "-Oz", "-o", str(d / "split.vcf.gz"))
     sh("plink2", "--vcf", str(d / "split.vcf.gz"), "--make-bed", "--out", str(d / "g1"))
-    return {"vcf": vcf, "pgen": d / "g2.pgen", "bed": d / "g1.bed"}
+    return {"vcf": vcf, "pgen": d / "g2.pgen", "pgen_zst": d / "g2z.pgen", "bed": d / "g1.bed"}
 
 
 @needs_plink2
-@pytest.mark.parametrize("fmt", ["pgen", "bed"])
+@pytest.mark.parametrize("fmt", ["pgen", "pgen_zst", "bed"])
 def test_plink_dosages_equal_the_vcf(fmt, genotype_sets):
     vcf = read_dosages(genotype_sets["vcf"], REGIONS)
     table = read_dosages(genotype_sets[fmt], REGIONS)
@@ -100,9 +102,17 @@ def test_format_from_siblings_never_takes_a_regions_bed(tmp_path):
     with pytest.raises(GenomicsInputError, match="not a variant-major PLINK 1 .bed"):
         open_genotypes(bed)
     (tmp_path / "x.pgen").write_bytes(b"")
-    (tmp_path / "x.pvar.zst").write_bytes(b"")
-    with pytest.raises(GenomicsInputError, match=r"needs x\.pvar and x\.psam beside it \(x\.pvar\.zst is there"):
+    with pytest.raises(GenomicsInputError, match=r"needs x\.pvar and x\.psam beside it \(the variants may be x\.pvar"):
         genotype_format(tmp_path / "x.pgen")
+    (tmp_path / "x.pvar.zst").write_bytes(b"")
+    with pytest.raises(GenomicsInputError, match=r"a PLINK 2 \.pgen needs x\.psam beside it"):
+        genotype_format(tmp_path / "x.pgen")  # the compressed variant file counts
+    (tmp_path / "x.psam").write_text("#IID\na\n")
+    assert genotype_format(tmp_path / "x.pgen") == "pgen"
+    (tmp_path / "regions.bim.zst").write_bytes(b"")  # only a .pvar may be compressed (plink2's vzs)
+    (tmp_path / "regions.bim").unlink()
+    with pytest.raises(GenomicsInputError, match=r"a PLINK 1 \.bed needs regions\.bim beside it"):
+        genotype_format(bed)
     assert genotype_format("a.vcf.gz") == genotype_format("b.bcf") == "vcf"
     with pytest.raises(GenomicsInputError, match="not a genotype file name"):
         genotype_format(tmp_path / "cohort.txt")
@@ -123,3 +133,19 @@ def test_malformed_variant_lines_name_file_and_line(tmp_path):
     bim.write_text("1 rs1 11 G\n")
     with pytest.raises(GenomicsInputError, match=r"g\.bim:1: 4 columns"):
         read_variant_table(bim)
+
+
+@needs_plink2
+def test_zstd_compressed_pvar_reads_as_the_plain_one(genotype_sets, tmp_path):
+    plain, zst = genotype_sets["pgen"], genotype_sets["pgen_zst"]
+    assert not zst.with_suffix(".pvar").exists() and zst.with_suffix(".pvar.zst").is_file()
+    with open_genotypes(zst) as z, open_genotypes(plain) as p:
+        assert z.variants_file.name == "g2z.pvar.zst" and z.samples == p.samples
+        assert [v for _, v in z.variants(REGIONS)] == [v for _, v in p.variants(REGIONS)]  # lines included
+    table, first = read_variant_table(zst.with_suffix(".pvar.zst"))
+    expected, expected_first = read_variant_table(plain.with_suffix(".pvar"))
+    assert first == expected_first and table.equals(expected)
+    bad = tmp_path / "bad.pvar.zst"
+    bad.write_bytes(b"not zstd at all")
+    with pytest.raises(GenomicsInputError, match=r"bad\.pvar\.zst: not a readable zstd stream"):
+        read_variant_table(bad)

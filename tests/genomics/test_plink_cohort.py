@@ -1,4 +1,5 @@
-"""The demo cohort's VCF converted by Debian's `plink2` (.pgen; .bed after `bcftools norm -m-`): the same dosages,
+"""The demo cohort's VCF converted by Debian's `plink2` (.pgen, also with a zstd-compressed .pvar.zst as `--make-pgen
+vzs` writes it; .bed after `bcftools norm -m-`): the same dosages,
 the dosage baseline trains from data.genotypes=<.pgen>, and fusion.validate names the PLINK file for a sample
 without a manifest row, a subject without genotypes, and REF/ALT swapped in a .bim."""
 
@@ -29,15 +30,17 @@ def sh(*args) -> None:
 
 @pytest.fixture(scope="module")
 def plink_demo(tmp_path_factory, demo_cache, train_config) -> dict:
-    """The tiny demo cohort's files (data.*) and its VCF as .pgen and .bed (kb/cohort-format.md's commands)."""
+    """The tiny demo cohort's files (data.*) and its VCF as .pgen (plain and vzs) and .bed (kb/cohort-format.md's
+    commands)."""
     d = tmp_path_factory.mktemp("plink_demo")
     cfg = train_config(d, demo_cache, [])
     resolve_cohort(cfg)
     files = {k: Path(cfg.data[k]) for k in KEYS}
     sh("plink2", "--vcf", files["vcf"], "--make-pgen", "--out", d / "demo")
+    sh("plink2", "--vcf", files["vcf"], "--make-pgen", "vzs", "--out", d / "demo_zst")
     sh("bcftools", "norm", "-m-", files["vcf"], "-Oz", "-o", d / "split.vcf.gz")
     sh("plink2", "--vcf", d / "split.vcf.gz", "--make-bed", "--out", d / "demo1")
-    return {"files": files, "pgen": d / "demo.pgen", "bed": d / "demo1.bed"}
+    return {"files": files, "pgen": d / "demo.pgen", "pgen_zst": d / "demo_zst.pgen", "bed": d / "demo1.bed"}
 
 
 def test_demo_dosages_from_pgen_and_bed_equal_the_vcf(plink_demo):
@@ -45,7 +48,9 @@ def test_demo_dosages_from_pgen_and_bed_equal_the_vcf(plink_demo):
     vcf = read_dosages(plink_demo["files"]["vcf"], regions)
     assert vcf.dosages.shape[0] > len(regions) and any(len(s.ref) != len(s.alt) for s in vcf.sites)  # indels too
     assert len({s.pos for s in vcf.sites}) < len(vcf.sites)  # the demo has multi-allelic sites (split per ALT)
-    for fmt in ("pgen", "bed"):
+    assert plink_demo["pgen_zst"].with_suffix(".pvar.zst").is_file()
+    assert not plink_demo["pgen_zst"].with_suffix(".pvar").exists()
+    for fmt in ("pgen", "pgen_zst", "bed"):
         table = read_dosages(plink_demo[fmt], regions)
         assert table.samples == vcf.samples
         assert [(s.pos, s.ref, s.alt) for s in table.sites] == [(s.pos, s.ref, s.alt) for s in vcf.sites]
@@ -75,8 +80,9 @@ def copy_set(src: Path, dst: Path, suffixes) -> Path:
 
 def test_validate_names_the_plink_file(plink_demo, tmp_path, capsys):
     files = plink_demo["files"]
-    rc, text = run_validate(files, plink_demo["pgen"], capsys)
-    assert rc == 0 and "0 error(s)" in text, text
+    for fmt in ("pgen", "pgen_zst"):
+        rc, text = run_validate(files, plink_demo[fmt], capsys)
+        assert rc == 0 and "0 error(s)" in text, text
     pgen = copy_set(plink_demo["pgen"], tmp_path / "renamed.pgen", (".pgen", ".pvar", ".psam"))
     psam = pgen.with_suffix(".psam")
     psam.write_text(psam.read_text().replace("sub-0003\t", "sub-extra\t"))
