@@ -6,8 +6,9 @@ configs' model.embed_dim):
     brain input  (B, W, ...)  --brain_encoder-----> (B, d_b) --brain_head-----> (B, D) --l2--> z_b
 Fused embedding of a subject with both modalities: fuse(z_g, z_b) = l2(z_g + z_b), the unit-norm bisector of the two
 aligned views (equal weight to genome and brain; cosine to each view is the same). An encoder whose `freeze` is true
-is a fixed feature extractor (genomics.freeze, the one rule); its head still trains. Library code: no Lightning, no
-Hydra.
+is a fixed feature extractor (genomics.freeze, the one rule); its head still trains. A tower whose encoder's features
+come from the frozen-feature cache (fusion.feature_cache) is `precomputed`: its inputs are the (B, d) features.
+Library code: no Lightning, no Hydra.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ class Tower(nn.Module):
         if getattr(encoder, "freeze", False) and not isinstance(encoder, Freezable):
             raise TypeError(f"{type(encoder).__name__} sets `freeze` but does not follow genomics.freeze.Freezable")
         self.encoder, self.head = encoder, head
+        # True: the inputs are already this encoder's (B, d) outputs (fusion.feature_cache) and the encoder is skipped
+        self.precomputed = False
 
     @property
     def frozen(self) -> bool:
         return bool(getattr(self.encoder, "freeze", False))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.head(self.encoder(x)), dim=-1)  # (B, d) -> (B, D)
+        return F.normalize(self.head(x if self.precomputed else self.encoder(x)), dim=-1)  # (B, d) -> (B, D)
 
 
 class AlignmentModel(nn.Module):

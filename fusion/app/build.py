@@ -14,6 +14,7 @@ from fusion.app.datamodule import AlignmentDataModule
 from fusion.app.module import AlignmentModule
 from fusion.cohort import Cohort, CohortError, CohortReport, exclude_short_scans, load_cohort
 from fusion.cohort_checks import Problem
+from fusion.feature_cache import FrozenFeatureCache, cached_modalities, identity_settings
 
 
 def instantiate_dict(cfg: DictConfig | None) -> list:
@@ -85,7 +86,39 @@ def build(cfg: DictConfig, inputs: Inputs | None = None) -> Run:
         "brain_encoder": instantiate_with(cfg.brain.encoder, encoder_inputs(cohort, "brain", brain_transform)),
     }
     model = instantiate(cfg.model, net=net)
+    use_feature_cache(cfg, cohort, datamodule, model, {"genomics": genomics_transform, "brain": brain_transform})
     return Run(cohort, report, datamodule, model)
+
+
+def use_feature_cache(cfg: DictConfig, cohort: Cohort, datamodule, model: AlignmentModule, transforms: dict) -> list:
+    """Attach the frozen-feature cache (fusion.feature_cache) for the towers that `feature_cache.enabled` selects
+    (absent from a config, e.g. an older run's: off); returns those modalities. Export builds through here too."""
+    options = cfg.get("feature_cache")
+    if options is None:
+        return []
+    towers = {m: getattr(model.net, m) for m in ("genomics", "brain")}
+    cached = cached_modalities(options.enabled, {m: (t.encoder, transforms[m]) for m, t in towers.items()})
+    if not cached:
+        return []
+    settings = {
+        m: identity_settings(
+            m,
+            OmegaConf.to_container(cfg[m].encoder, resolve=True),
+            OmegaConf.to_container(cfg[m].transform, resolve=True),
+            cohort,
+        )
+        for m in cached
+    }
+    cache = FrozenFeatureCache(
+        options.dir,
+        {m: (towers[m].encoder, settings[m]) for m in cached},
+        batch_size=datamodule.eval_batch_size,
+        num_workers=datamodule.num_workers,
+    )
+    datamodule.use_feature_cache(cache)
+    for m in cached:
+        towers[m].precomputed = True
+    return cached
 
 
 def encoder_inputs(cohort: Cohort, modality: str, transform) -> dict:

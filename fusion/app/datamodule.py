@@ -6,6 +6,10 @@ validation/test use the deterministic evaluation windows. Resumable mid-epoch: s
 batches done in the current epoch and a resumed run's sampler starts after them (single process; under DDP the epoch
 restarts, with Lightning's warning). Every loader has its own generator, so creating one never draws from the global
 random stream (fusion.app.resilience.ExactResume restores it).
+
+With a frozen-feature cache attached (use_feature_cache, by fusion.app.build), setup() first runs its pre-pass
+(fusion.feature_cache) with the towers' current weights, then serves the cached modalities' stored (d,) features in
+place of their transforms' outputs, in every split and loader (so fusion.export reads them too).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class AlignmentDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.datasets: dict[str, PairedDataset] = {}
         self._resume: dict | None = None  # from a checkpoint (load_state_dict), used by the next train_dataloader()
+        self.feature_cache = None  # fusion.feature_cache.FrozenFeatureCache, or None (use_feature_cache)
+        self.features: dict = {}  # modality -> fusion.feature_cache.FeatureTable, after setup()
         n_train = int((cohort.subjects["split"] == "train").sum())
         if n_train < batch_size:
             raise ValueError(
@@ -49,16 +55,25 @@ class AlignmentDataModule(L.LightningDataModule):
                 "lower data.batch_size or add subjects"
             )
 
+    def use_feature_cache(self, cache) -> None:
+        """Serve the modalities of `cache` (a FrozenFeatureCache) from stored features, computed at setup()."""
+        self.feature_cache = cache
+
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
+            if self.feature_cache is not None:
+                transforms = {"genomics": self.genomics_transform, "brain": self.brain_transform}
+                trainer = self.trainer
+                device = trainer.strategy.root_device if trainer is not None else None
+                self.features = self.feature_cache.prepare(self.cohort, transforms, device=device)
             self.datasets = {split: self._dataset(split) for split in SPLITS}
 
     def _dataset(self, split: str, train: bool | None = None) -> PairedDataset:
         rows = self.cohort.subjects[self.cohort.subjects["split"] == split]
         return PairedDataset(
             rows,
-            self.genomics_transform,
-            self.brain_transform,
+            self.features.get("genomics", self.genomics_transform),
+            self.features.get("brain", self.brain_transform),
             covariates=list(self.cohort.covariates),
             train=split == "train" if train is None else train,
             seed=self.seed,
@@ -69,6 +84,7 @@ class AlignmentDataModule(L.LightningDataModule):
 
     def fit_inputs(self) -> Iterator[dict]:
         """Training subjects with evaluation transforms, for data-fitted encoders (e.g. tangent connectivity)."""
+        self.setup()
         ds = self._dataset("train", train=False)
         return (ds[i] for i in range(len(ds)))
 

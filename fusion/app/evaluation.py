@@ -3,7 +3,8 @@ module's test retrieval, logged under `test/` like it.
 
 At the end of the test epoch HeldOutEvaluation embeds the training and test subjects with the tested model (eval
 transforms and mode, the datamodule's own loaders), keeping for each subject the encoders' outputs (captured by
-forward hooks: the raw features the heads read), the two unit embeddings and the fused one (fusion.model.fuse), and
+forward pre-hooks on the heads: the raw features the heads read, computed by the encoders or read from the
+frozen-feature cache), the two unit embeddings and the fused one (fusion.model.fuse), and
 the manifest covariates (fusion.data.PairedDataset). Then (library code in fusion.evaluation):
   test/g2b/R@1_lo, test/g2b/R@1_hi, ...  95% bootstrap interval over test subjects (retrieval.retrieval_statistics)
   test/shuffled/g2b/R@1, ...             the same model on shuffled test pairs, mean of `n_permutations`
@@ -47,7 +48,7 @@ def collect(net, loader, max_batches: float, dataset, context) -> tuple[dict[str
     (N rows, the loader's order)). `context` is the precision plugin's forward context (bf16 on GPU)."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [
-        tower.encoder.register_forward_hook(lambda _m, _i, out, key=key: captured.__setitem__(key, out))
+        tower.head.register_forward_pre_hook(lambda _m, args, key=key: captured.__setitem__(key, args[0]))
         for key, tower in (("genomics_encoder", net.genomics), ("brain_encoder", net.brain))
     ]
     rows: dict[str, list] = {k: [] for k in EMBEDDINGS}
