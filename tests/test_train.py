@@ -86,7 +86,9 @@ def test_resume_continues_from_checkpoint_and_export_writes_parquet(tmp_path, ca
     sizes = objs["datamodule"].split_sizes()
     for split in ("train", "val", "test"):
         table = pq.read_table(written[split]).to_pandas()
-        assert list(table.columns) == ["subject_id", "split", "genomics", "brain", "fused", "age", "sex", "site"]
+        columns = ["subject_id", "split", "trained_on", "genomics", "brain", "fused", "age", "sex", "site"]
+        assert list(table.columns) == columns
+        assert (table["trained_on"] == (split == "train")).all()  # the model saw exactly the training split
         cohort = objs["datamodule"].cohort.subjects.set_index("subject_id")
         assert np.allclose(table["age"], cohort.loc[table["subject_id"], "age"])  # covariates travel with the rows
         assert len(table) == sizes[split] and set(table["split"]) == {split}
