@@ -121,3 +121,23 @@ def test_the_command_line_takes_data_overrides(trained, tmp_path):
                          timeout=600, cwd=tmp_path)  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert f"data.regions={tmp_path / 'three.bed'}: 3 usable regions, the model was trained on 4" in bad.stderr
+
+
+def test_a_dosage_model_refuses_genotypes_with_other_sites(tmp_path, demo_cache, train_config):
+    import pysam
+
+    _, objs = train(train_config(tmp_path, demo_cache, ["genomics=dosage", "trainer.max_epochs=1", "test=false"]))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    data = OmegaConf.load(tmp_path / "run" / "config_resolved.yaml").data
+    sites = objs["datamodule"].genomics_transform.table.sites
+    subset_manifest(data, tmp_path / "rep.csv")
+    with pysam.VariantFile(data.vcf) as vcf, pysam.VariantFile(tmp_path / "less.vcf", "w", header=vcf.header) as out:
+        for record in vcf:
+            if (record.contig, record.pos) != (sites[1].contig, sites[1].pos):  # the second site in the regions
+                out.write(record)
+    pysam.tabix_index(str(tmp_path / "less.vcf"), preset="vcf", force=True)
+    written = export(ckpt, data={"manifest": tmp_path / "rep.csv"}, embedding_map=False, progress=False)
+    assert len(read_split(written["all"].parent, "all", "parquet")[1]) == 12  # the same genotypes: accepted
+    with pytest.raises(CohortMismatch, match=rf"data.genotypes={tmp_path}/less.vcf.gz: {len(sites) - 1} genotype "
+                       rf"sites .* has {len(sites)} .* site 2: .* here, {sites[1].name} in training"):  # fmt: skip
+        export(ckpt, data={"manifest": tmp_path / "rep.csv", "vcf": tmp_path / "less.vcf.gz"}, progress=False)
