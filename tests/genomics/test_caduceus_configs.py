@@ -20,7 +20,8 @@ COHORT = {"n_regions": 2}  # what fusion.app.build hands the encoder from the co
 
 def genomics(train_config, tmp_path, name: str, *overrides: str):
     """The `genomics` node of train.yaml with genomics=name, the project root at tmp_path; and model.embed_dim."""
-    cfg = train_config(tmp_path, tmp_path / "cache", [f"genomics={name}", f"paths.root_dir={tmp_path}", *overrides])
+    base = [f"genomics={name}", f"paths.root_dir={tmp_path}", "genomics/pooling=mean"]  # token ids in (the default
+    cfg = train_config(tmp_path, tmp_path / "cache", [*base, *overrides])  # site pooling: test_caduceus_pooling.py)
     assert {"transform", "encoder", "head"} <= set(cfg.genomics) and "lock" not in cfg.genomics
     return cfg.genomics, cfg.model.embed_dim
 

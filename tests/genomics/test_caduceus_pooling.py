@@ -3,15 +3,19 @@ consensus coordinate map they come from."""
 
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pysam
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import default_collate
 
+from fusion.app.build import instantiate_with
 from genomics.alphabet import PAD_ID, encode
-from genomics.caduceus import reverse_complement_ids
+from genomics.caduceus import CaduceusConfig, CaduceusForMaskedLM, reverse_complement_ids
 from genomics.consensus import ConsensusWarning, Edit, apply_edits, reference_to_haplotype
 from genomics.models.caduceus import CaduceusGenomicsEncoder, window_means
 from genomics.regions import read_bed
@@ -271,3 +275,47 @@ def test_site_norm_scales_each_site_by_its_training_maximum():
         torch.testing.assert_close(enc({k: v.flip(2) for k, v in x.items()}), enc(x), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="pool='diff'"):
         CaduceusGenomicsEncoder(**(kw | {"pool": "sites"}), site_norm=True)
+
+
+# --- configs: every Caduceus config takes its pooling from configs/genomics/pooling/ ---
+CONFIGS = ["caduceus_tiny", "caduceus_ps_131k", "caduceus_ph_131k", "caduceus_ps_1k", "caduceus_ph_1k"]
+POOLING = Path(__file__).resolve().parents[2] / "configs" / "genomics" / "pooling"
+
+
+def _genomics(train_config, tmp_path, *overrides):
+    return train_config(tmp_path, tmp_path / "cache", [f"paths.root_dir={tmp_path}", *overrides]).genomics
+
+
+def _assert_has(cfg, expected, where=""):
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            _assert_has(cfg[key], value, f"{where}{key}.")
+        else:
+            assert cfg[key] == value, f"{where}{key}: {cfg[key]!r} != {value!r}"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_caduceus_configs_default_to_the_diff_pooling_and_switch_to_mean(name, tmp_path, train_config):
+    default = OmegaConf.to_container(OmegaConf.load(POOLING / "diff.yaml"))
+    cfg = _genomics(train_config, tmp_path, f"genomics={name}")
+    _assert_has(cfg, default)  # transform.sites, encoder.pool/window/site_pool/site_norm, head.input_norm
+    assert cfg.transform.sites and cfg.encoder.pool == "diff"
+    mean = _genomics(train_config, tmp_path, f"genomics={name}", "genomics/pooling=mean")
+    assert not mean.transform.sites and mean.encoder.pool == "mean" and mean.head.input_norm  # the projection's
+    assert "site_norm" not in mean.encoder and cfg.encoder.checkpoint == mean.encoder.checkpoint
+
+
+def test_the_default_pooling_builds_fits_and_feeds_the_head(tmp_path, train_config):
+    folder = tmp_path / "mlm"
+    CaduceusForMaskedLM(CaduceusConfig(d_model=8, n_layer=2, rcps=True)).save_pretrained(folder)
+    cfg = _genomics(train_config, tmp_path, "genomics=caduceus_tiny", f"genomics.encoder.checkpoint={folder}")
+    x, ref = inputs(b=4)
+    enc = instantiate_with(cfg.encoder, {"n_regions": 3, **ref})  # what fusion.app.build hands it
+    enc.fit([{k: v[i] for k, v in x.items()} for i in range(4)])  # the module's on_fit_start
+    with torch.no_grad():
+        out = enc(x)
+    assert out.shape == (4, enc.output_dim) and enc.output_dim == 3 * 4 * 8  # R x S x D
+    assert out.reshape(4, 3, 4, 8).norm(dim=-1).amax(0).max() <= 1 + 1e-5 and out.abs().sum() > 0
+    head = instantiate(cfg.head)(in_dim=enc.output_dim)
+    assert isinstance(head.input_norm, torch.nn.Identity) and head(out).shape == (4, head.output_dim)
+    assert len(enc.disk_cache()) > 0 and str(enc.disk_cache().root).startswith(str(tmp_path / "cache"))
