@@ -147,7 +147,8 @@ def check_compatible(trained: Inputs, new: Inputs, pinned: int | None = None) ->
         what = "none given" if b.coords is None else "different coordinates"
         problems.append(f"data.atlas_coords={b.files.get('atlas_coords')}: {what}; the model was trained with "
                         f"{a.files.get('atlas_coords')}")  # fmt: skip
-    problems += derived_differences(trained, new)
+    if not problems:  # the shapes below follow from the differences above; otherwise they only repeat them
+        problems += derived_differences(trained, new)
     if problems:
         raise CohortMismatch(
             f"cohort {b.manifest} cannot be embedded by this model (trained on {a.manifest}):\n  "
