@@ -65,7 +65,7 @@ MODALITIES = ("genomics", "brain")
 # kernel runs; the weights themselves are hashed, so the checkpoint path is not needed either)
 IGNORED_SETTINGS = {"cache_dir", "chunk_size", "ssm_backend", "checkpoint"}
 COHORT_FILES = {"genomics": ("vcf", "genotypes", "reference", "regions"), "brain": ("atlas", "atlas_coords")}
-_PLINK_COMPANIONS = {".pgen": (".pvar", ".psam"), ".bed": (".bim", ".fam")}
+_PLINK_COMPANIONS = {".pgen": (".pvar", ".pvar.zst", ".psam"), ".bed": (".bim", ".fam")}
 
 
 def eligible(encoder: nn.Module) -> bool:
