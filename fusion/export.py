@@ -140,6 +140,8 @@ def export(ckpt_path, run_dir=None, out_dir=None, splits=None, batch_size=None, 
         inputs, datamodule = load_other(other, trained, model, eval_batch_size)
         cohort, report, target_cfg = inputs.cohort, inputs.report, other
     datamodule.eval_batch_size = eval_batch_size
+    if datamodule.feature_cache is not None:  # the frozen towers' pre-pass (fusion.feature_cache) has its own bar
+        datamodule.feature_cache.progress = datamodule.feature_cache.progress and progress
     color_by = pick_color_by(color_by, cohort.covariates) if embedding_map else None
     splits = list(splits or ((ALL,) if other is not None else SPLITS))
     files = cohort_files(target_cfg)

@@ -25,8 +25,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fusion.app import build as build_module
-from fusion.app.build import Inputs, build_inputs
+from fusion.app.build import Inputs, build_inputs, use_feature_cache
 from fusion.app.cohort_source import COHORT_KEYS
 from fusion.errors import FusionInputError
 from genomics.checkpoints import sha256_file
@@ -111,10 +110,8 @@ def load_other(cfg: DictConfig, trained: Inputs, model, eval_batch_size: int):
     loader.update(batch_size=0, eval_batch_size=eval_batch_size)  # 0: export never asks for a training loader
     datamodule = instantiate(loader, cohort=inputs.cohort, genomics_transform=inputs.genomics_transform,
                              brain_transform=inputs.brain_transform)  # fmt: skip
-    attach = getattr(build_module, "use_feature_cache", None)  # absent before the frozen-feature cache
-    if attach is not None:
-        transforms = {"genomics": inputs.genomics_transform, "brain": inputs.brain_transform}
-        attach(cfg, inputs.cohort, datamodule, model, transforms)
+    transforms = {"genomics": inputs.genomics_transform, "brain": inputs.brain_transform}
+    use_feature_cache(cfg, inputs.cohort, datamodule, model, transforms)
     return inputs, datamodule
 
 

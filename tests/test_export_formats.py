@@ -171,3 +171,17 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     bar.close()
     assert "export test" in tty.getvalue() and "5/5" in tty.getvalue()
     assert progress_bar([range(3)], "export test", False).disable
+
+
+def test_splits_all_is_one_file_of_every_subject(trained, exports, tmp_path):
+    ckpt, cohort = trained
+    written = export(ckpt, out_dir=tmp_path, splits="all", format="safetensors", embedding_map=False, progress=False)
+    emb, meta = read_split(tmp_path, "all", "safetensors")
+    assert list(written) == ["all", "provenance"] and len(meta) == len(cohort.subjects)
+    split = cohort.subjects.set_index("subject_id").loc[meta["subject_id"], "split"].to_numpy()
+    assert (meta["split"].to_numpy() == split).all() and (meta["trained_on"] == (meta["split"] == "train")).all()
+    by_id = {}
+    for s in SPLITS:
+        e, m = read_split(exports["parquet"][s].parent, s, "parquet")
+        by_id.update(zip(m["subject_id"], e["fused"]))
+    assert np.allclose(emb["fused"], np.stack([by_id[s] for s in meta["subject_id"]]), atol=1e-6)
