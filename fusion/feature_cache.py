@@ -236,7 +236,7 @@ class FrozenFeatureCache:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(items), desc=f"{modality} features (frozen encoder)", unit="subject")
+            bar = tqdm(total=len(items), desc=f"{modality} features (cache pre-pass)", unit="subject")
         out: dict[str, Tensor] = {}
         pending: dict[str, Tensor] = {}
         was_training = encoder.training

@@ -62,6 +62,11 @@ def test_second_run_makes_no_encoder_call_and_equals_the_uncached_run(train_conf
     stats = objs2["datamodule"].feature_cache.stats
     assert all(s["cached"] == n and s["computed"] == 0 for s in stats.values())
 
+    from fusion.export import export
+
+    export(objs1["trainer"].checkpoint_callback.best_model_path, out_dir=tmp_path / "export", splits=("test",))
+    assert calls == {"genomics": 0, "brain": 0}  # export rebuilds through fusion.app.build: the same rows are read
+
     metrics3, objs3 = train(_cfg(train_config, tmp_path, demo_cache, "off", store, ["feature_cache.enabled=false"]))
     assert objs3["datamodule"].feature_cache is None and calls["brain"] > 0
     for key in ("train/loss", "val/loss", "test/loss", "test/g2b/R@1", "test/b2g/mean_rank"):
