@@ -6,6 +6,10 @@ Output: (B, P*(P-1)/2) upper triangle (diagonal discarded) of each scan's connec
                       with the Ledoit-Wolf shrunk covariance (covariance="ledoit_wolf"); Fisher z (arctanh) by default;
   kind="tangent":     tangent-space embedding around the group mean of the *training* scans (Varoquaux et al. 2010);
                       needs fit() on the training split; the whitening matrix is a buffer, so checkpoints carry it.
+Padding: frames whose every parcel is NaN are padding (brain.windows.collate_windows pads whole scans of different
+lengths to the batch's longest) and are ignored: each window's connectivity is computed over its own valid frames only
+(the masked Pearson takes mean and norm over them; the nilearn paths get each window's valid frames), so a padded
+batch gives every subject the features of its unpadded scan. A NaN inside a frame that is not all NaN is an error.
 No trainable parameters.
 """
 
@@ -22,6 +26,22 @@ def _vectorize(mats: np.ndarray) -> np.ndarray:
     """(N, P, P) symmetric -> (N, P*(P-1)/2) strict upper triangle, row-major."""
     iu = np.triu_indices(mats.shape[-1], k=1)
     return mats[:, iu[0], iu[1]]
+
+
+def valid_frames(x: Tensor) -> Tensor:
+    """(N, T, P) -> (N, T) bool: the frames that are not NaN padding (padding = every parcel NaN). Errors on a NaN in
+    a frame that is not padding, and on a window with fewer than 2 valid frames (no correlation)."""
+    nan = torch.isnan(x)
+    pad = nan.all(-1)
+    if bool((nan.any(-1) & ~pad).any()):
+        raise ValueError(
+            "FunctionalConnectivity: NaN values inside frames that are not padding (only whole NaN frames are "
+            "padding); check the parcel series for NaNs (e.g. a parcellated .npy table)"
+        )
+    n = (~pad).sum(1)
+    if bool((n < 2).any()):
+        raise ValueError(f"FunctionalConnectivity: a window has {int(n.min())} valid frames; correlations need >= 2")
+    return ~pad
 
 
 def _map_eigenvalues(fn, mats: np.ndarray) -> np.ndarray:
@@ -59,22 +79,33 @@ class FunctionalConnectivity(nn.Module):
         return ConnectivityMeasure(cov_estimator=estimator, kind=kind, standardize="zscore_sample")
 
     @staticmethod
-    def _pearson(x: Tensor) -> Tensor:
-        """(N, T, P) -> (N, P, P) Pearson correlation matrices."""
-        x = x - x.mean(1, keepdim=True)
+    def _pearson(x: Tensor, valid: Tensor) -> Tensor:
+        """(N, T, P) with (N, T) valid frames -> (N, P, P) Pearson correlation matrices over the valid frames."""
+        keep = valid.unsqueeze(-1)  # (N, T, 1)
+        x = torch.where(keep, x, 0.0)
+        mean = x.sum(1, keepdim=True) / valid.sum(1).view(-1, 1, 1)
+        x = torch.where(keep, x - mean, 0.0)
         x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)  # constant parcels get zero correlation
         return x.transpose(1, 2) @ x  # (N, P, P)
 
-    def _covariances(self, series: np.ndarray) -> np.ndarray:
-        """(N, T, P) -> (N, P, P) correlations (kind correlation) or covariances of z-scored series (tangent)."""
+    def _covariances(self, series: list[np.ndarray]) -> np.ndarray:
+        """[(T_i, P)] -> (N, P, P) correlations (kind correlation) or covariances of z-scored series (tangent)."""
         kind = "correlation" if self.kind == "correlation" else "covariance"
-        return self._measure(kind).fit_transform(list(series))
+        return self._measure(kind).fit_transform(series)
+
+    @staticmethod
+    def _series(x: Tensor) -> list[np.ndarray]:
+        """(..., T, P) windows -> their valid frames as float64 arrays [(T_i, P)] (NaN padding frames removed)."""
+        x = x.reshape(-1, *x.shape[-2:]).double().cpu()
+        valid = valid_frames(x)
+        return [w[v].numpy() for w, v in zip(x, valid)]
 
     def fit(self, inputs: Iterable[Tensor]) -> None:
-        """Fit the tangent reference on training inputs, each (W, T, P) or (B, W, T, P); no-op for correlation."""
+        """Fit the tangent reference on training inputs, each (W, T, P) or (B, W, T, P) (NaN padding frames
+        ignored); no-op for correlation."""
         if self.kind != "tangent":
             return
-        series = [w.numpy().astype(np.float64) for x in inputs for w in x.reshape(-1, *x.shape[-2:])]
+        series = [w for x in inputs for w in self._series(x)]
         measure = self._measure("tangent").fit(series)
         whitening = measure.whitening_  # mean^{-1/2} of the training covariances (geometric mean)
         self.whitening.copy_(torch.from_numpy(whitening))
@@ -88,13 +119,13 @@ class FunctionalConnectivity(nn.Module):
         if not bool(self.fitted):
             raise RuntimeError("tangent connectivity needs fit() on the training scans before use")
         if self.kind == "correlation" and self.covariance == "empirical":
-            mats = self._pearson(x.reshape(b * w, t, p).double()).clamp(-1, 1)  # (B*W, P, P)
+            x = x.reshape(b * w, t, p).double()
+            mats = self._pearson(x, valid_frames(x)).clamp(-1, 1)  # (B*W, P, P)
             if self.fisher_z:
                 mats = torch.arctanh(mats.clamp(-0.999999, 0.999999))
             iu = torch.triu_indices(p, p, offset=1, device=x.device)
             return mats[:, iu[0], iu[1]].float().reshape(b, w, -1).mean(1)  # (B, P*(P-1)/2)
-        series = x.reshape(b * w, t, p).double().cpu().numpy()
-        mats = self._covariances(series)  # (B*W, P, P)
+        mats = self._covariances(self._series(x))  # (B*W, P, P)
         if self.kind == "tangent":
             wm = self.whitening.cpu().numpy()
             mats = _map_eigenvalues(np.log, wm @ mats @ wm)

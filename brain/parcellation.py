@@ -18,6 +18,10 @@ fraction of the cost. Windows are then z-scored (standardize). Without confounds
 per window (as before). Several runs: brain.windows.cut_run_windows. TR (`t_r`, else the manifest's, else the
 header's) is checked against `expected_t_r` by review() (fusion.cohort reports it), or with resample_t_r=true each
 run whose TR differs is resampled to it in time (resample_series).
+
+Batching: `window=None` keeps every retained volume of each subject (whole scan, runs concatenated), so scans in a
+batch differ in length; the datamodule batches them with `ParcelTimeSeries.collate` (brain.windows.collate_windows:
+the shorter padded with NaN frames, which FunctionalConnectivity ignores), never by cropping.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 from brain.confounds import check_strategy, load_confounds
 from brain.errors import BrainInputError
 from brain.scans import Run, Scan, ScanReview, read_parcel_table, scan_for
-from brain.windows import cut_run_windows
+from brain.windows import collate_windows, cut_run_windows
 
 
 def load_bold(path: str | Path, *, min_frames: int = 2) -> nib.Nifti1Image:
@@ -85,6 +89,9 @@ def resample_series(series: np.ndarray, times: np.ndarray, t_r: float) -> np.nda
 
 class ParcelTimeSeries:
     """fMRI runs -> (W, T, P) parcel time series windows; P = number of atlas labels (label order = sorted labels)."""
+
+    # [(W, T_i, P)] -> (B, W, max T_i, P): batches whole scans of different lengths (NaN frames pad the shorter)
+    collate = staticmethod(collate_windows)
 
     def __init__(
         self,

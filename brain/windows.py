@@ -2,11 +2,17 @@
 
 Evaluation windows depend only on the scan length, so embeddings are reproducible; encoders average their embeddings.
 Several runs of a subject (cut_run_windows): windows are drawn from all of them, never across a run boundary.
+Batching (collate_windows): whole-scan windows (`window=None`) keep each subject's own retained volumes, so their
+lengths differ within a batch (runs of different lengths, volumes censored by scrubbing); shorter ones are padded at
+the end of the time axis with NaN frames, which brain.connectivity.FunctionalConnectivity skips (no data cropped).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
 
 from brain.errors import BrainInputError
 
@@ -66,3 +72,25 @@ def cut_run_windows(
     else:
         picks = [starts[int(round(i))] for i in np.linspace(0, len(starts) - 1, n_eval_windows)]
     return np.stack([runs[r][s : s + window] for r, s in picks])
+
+
+def collate_windows(items: Sequence[torch.Tensor], time_axis: int = 1) -> torch.Tensor:
+    """Transform outputs, each (W, T_i, ...), -> (B, W, max T_i, ...): torch.stack when all T_i are equal, else the
+    shorter ones padded after their last frame with NaN frames (every value NaN). Other axes must agree."""
+    lengths = [x.shape[time_axis] for x in items]
+    rest = {tuple(s for a, s in enumerate(x.shape) if a != time_axis) for x in items}
+    if len(rest) > 1:
+        shapes = sorted({tuple(x.shape) for x in items})
+        raise ValueError(
+            f"brain inputs of one batch differ in more than their length in time (axis {time_axis}): shapes {shapes}"
+        )
+    longest = max(lengths)
+    if min(lengths) == longest:
+        return torch.stack(list(items))
+    if not items[0].is_floating_point():
+        raise TypeError(f"NaN padding needs floating-point brain inputs, got {items[0].dtype}")
+    out = items[0].new_full((len(items), *items[0].shape[:time_axis], longest, *items[0].shape[time_axis + 1 :]),
+                            float("nan"))  # fmt: skip
+    for i, x in enumerate(items):
+        out[i].narrow(time_axis, 0, x.shape[time_axis]).copy_(x)
+    return out
