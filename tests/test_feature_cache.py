@@ -192,3 +192,17 @@ def test_the_pre_pass_uses_workers_and_stores_in_shards(tmp_path):
     assert len(list(tmp_path.glob("*/shards/*.safetensors"))) == 2  # flushed at 6 rows and at 10 (4 >= flush_rows)
     again = FrozenFeatureCache(tmp_path, {"genomics": (Encoder(), {"x": 1})}).prepare(Cohort(), {"genomics": None})
     assert torch.equal(again["genomics"].values, table.values)
+
+
+@pytest.mark.slow  # ~20 s idle (tangent FC with Ledoit-Wolf on every training item)
+def test_a_data_fitted_encoder_is_not_cached_and_still_fits(train_config, tmp_path, demo_cache, calls):
+    tangent = ["brain.encoder.kind=tangent", "brain.encoder.covariance=ledoit_wolf"]  # 100 volumes < 264 parcels
+    cfg = _cfg(train_config, tmp_path, demo_cache, "tangent", tmp_path / "store", tangent)
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 1
+    metrics, objs = train(cfg)
+    net = objs["model"].net
+    assert net.genomics.precomputed and not net.brain.precomputed  # tangent FC is fitted on the training split
+    assert bool(net.brain.encoder.fitted) and np.isfinite(metrics["test/loss"])
+    n = len(objs["datamodule"].cohort.subjects)
+    assert calls["genomics"] == n and calls["brain"] > n  # the brain encoder runs every epoch, the k-mer once
