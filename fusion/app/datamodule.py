@@ -10,6 +10,9 @@ random stream (fusion.app.resilience.ExactResume restores it).
 With a frozen-feature cache attached (use_feature_cache, by fusion.app.build), setup() first runs its pre-pass
 (fusion.feature_cache) with the towers' current weights, then serves the cached modalities' stored (d,) features in
 place of their transforms' outputs, in every split and loader (so fusion.export reads them too).
+
+Batches are collated by torch's default_collate, except the brain inputs when the brain transform has a `collate`
+(e.g. brain.parcellation.ParcelTimeSeries: whole scans of different lengths padded with NaN frames), used for them.
 """
 
 from __future__ import annotations
@@ -17,15 +20,25 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from fusion.cohort import SPLITS, Cohort
 from fusion.data import EpochSampler, PairedDataset
 
 log = logging.getLogger(__name__)
+
+
+def collate_paired(items: list[dict], brain: Callable | None = None) -> dict:
+    """PairedDataset items -> a batch: default_collate, the "brain" entries by `brain` (a transform's collate)."""
+    if brain is None:
+        return default_collate(items)
+    batch = default_collate([{k: v for k, v in item.items() if k != "brain"} for item in items])
+    batch["brain"] = brain([item["brain"] for item in items])
+    return {k: batch[k] for k in items[0]}  # the items' key order
 
 
 class AlignmentDataModule(L.LightningDataModule):
@@ -90,11 +103,13 @@ class AlignmentDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
         self.setup()
+        brain = self.features.get("brain", self.brain_transform)  # stored (d,) features need no special collate
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last,
+            collate_fn=partial(collate_paired, brain=getattr(brain, "collate", None)),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
