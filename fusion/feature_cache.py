@@ -46,6 +46,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,11 @@ class _Inputs(Dataset):
         return i, self.transform(self.args[i], train=False, rng=None)
 
 
+def _collate_inputs(collate: Callable, items: list) -> tuple[Tensor, object]:
+    """_Inputs items (i, input) -> (indices (b,), collate(inputs)): the transform's own batching (brain.windows)."""
+    return torch.tensor([i for i, _ in items]), collate([x for _, x in items])
+
+
 def _to(data, device):
     if isinstance(data, Tensor):
         return data.to(device)
@@ -226,10 +232,12 @@ class FrozenFeatureCache:
         params = next(iter(encoder.parameters()), None)
         home = params.device if params is not None else torch.device("cpu")
         device = torch.device(device) if device is not None else home
+        collate = getattr(transform, "collate", None)  # e.g. ParcelTimeSeries: whole scans of different lengths
         loader = DataLoader(
             _Inputs(modality, transform, [name for _, name in items]),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
+            collate_fn=None if collate is None else partial(_collate_inputs, collate),
             generator=torch.Generator(),  # its own: iterating must not draw from the run's random stream
         )
         bar = None

@@ -19,9 +19,6 @@ from fusion.manifest import main as manifest_main
 from fusion.train import train
 
 COHORT_FILES = ("vcf", "reference", "regions", "atlas", "atlas_coords")
-# the frozen-feature cache's pre-pass (fusion/feature_cache.py) batches the brain inputs with torch's default_collate,
-# which cannot stack whole scans of different lengths, until it uses the transform's collate as the datamodule does
-PRE_PASS = pytest.mark.xfail(strict=True, raises=RuntimeError, reason="feature-cache pre-pass: default_collate")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +65,7 @@ def check_padded_batches_give_each_subjects_own_fc(objs) -> None:
 
 
 @pytest.mark.slow  # ~30 s on 2 shared cores (16 runs written, scrubbed, parcellated; 1 epoch)
-@pytest.mark.parametrize("cache", ["false", pytest.param("auto", marks=PRE_PASS)])
+@pytest.mark.parametrize("cache", ["false", "auto"])
 def test_scrubbed_whole_scans_train_with_fc(tiny, tmp_path, demo_cache, train_config, cache):
     root = fmriprep_from_demo(tiny["manifest"].parent, tmp_path / "derivatives", runs=1, artefact=0.5)
     manifest = tmp_path / "manifest.csv"
@@ -85,7 +82,7 @@ def test_scrubbed_whole_scans_train_with_fc(tiny, tmp_path, demo_cache, train_co
         check_padded_batches_give_each_subjects_own_fc(objs)
 
 
-@pytest.mark.parametrize("cache", ["false", pytest.param("auto", marks=PRE_PASS)])
+@pytest.mark.parametrize("cache", ["false", "auto"])
 def test_parcellated_series_of_different_lengths_train_with_fc(tiny, tmp_path, demo_cache, train_config, cache):
     demo = pd.read_csv(tiny["manifest"], dtype={"subject_id": str})
     parcels = ParcelTimeSeries(str(tiny["atlas"]), standardize=False)

@@ -93,9 +93,8 @@ def test_fmriprep_tree_and_pgen_train_the_dosage_baseline_with_scrubbing(tiny, t
     assert sorted(psam) == sorted(subjects) and subjects[0].startswith("sub-")
     overrides = cohort_overrides(tiny, manifest) + [
         f"data.genotypes={pgen}", "genomics=dosage", "brain.transform.confounds=scrubbing",
-        "brain.transform.window=64", "trainer.max_epochs=1",
-    ]  # fmt: skip
-    # (window=64: scrubbed scans differ in length, 95-97 volumes, so whole-scan windows could not be batched)
+        "trainer.max_epochs=1",
+    ]  # fmt: skip  (whole-scan FC windows: scrubbed scans of 95-97 volumes, NaN-padded per batch)
     metrics, objs = train(train_config(tmp_path, demo_cache, overrides))
     assert np.isfinite(metrics["train/loss"]) and "test/g2b/R@1" in metrics
     dm = objs["datamodule"]
