@@ -72,3 +72,18 @@ def tiny_demo() -> list[str]:
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")  # the tiny demo cohort is generated once per session and reused
+
+
+@pytest.fixture
+def export_calls(monkeypatch) -> list:
+    """The loaders fusion.export embeds (one per split it computes, none for a split it keeps)."""
+    import fusion.export as export_module
+
+    calls, real = [], export_module.embed_split
+
+    def embed(model, loader, *args, **kwargs):
+        calls.append(loader)
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "embed_split", embed)
+    return calls

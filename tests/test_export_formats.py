@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-import fusion.export as export_module
 from fusion.errors import FusionInputError
 from fusion.export import export, progress_bar
 from fusion.export_formats import EMBEDDINGS, read_split, safetensors_metadata, split_files
@@ -39,16 +38,6 @@ def exports(trained, tmp_path_factory):
     return {fmt: export(ckpt, out_dir=out / fmt, format=fmt, embedding_map=fmt == "parquet", progress=False)
             for fmt in ("parquet", "npy", "safetensors")}  # fmt: skip
 
-
-def counting(monkeypatch) -> list:
-    calls, real = [], export_module.embed_split
-
-    def embed(model, loader):
-        calls.append(loader)
-        return real(model, loader)
-
-    monkeypatch.setattr(export_module, "embed_split", embed)
-    return calls
 
 
 def test_every_format_holds_the_same_subjects_and_embeddings(trained, exports):
@@ -95,7 +84,7 @@ def test_parquet_loads_in_polars(exports):
     assert np.stack(df["fused"].to_numpy()).shape == (df.height, 512)
 
 
-def test_provenance_records_every_file_and_a_rerun_redoes_only_a_changed_one(trained, exports, monkeypatch):
+def test_provenance_records_every_file_and_a_rerun_redoes_only_a_changed_one(trained, exports, export_calls):
     ckpt, _ = trained
     out = exports["npy"]["train"].parent
     prov = json.loads((out / "provenance.json").read_text())
@@ -105,7 +94,7 @@ def test_provenance_records_every_file_and_a_rerun_redoes_only_a_changed_one(tra
         assert prov["files"][split] == names and sorted(prov["splits"][split]["files"]) == sorted(names)
         assert all(sha256_file(out / n) == prov["splits"][split]["files"][n] for n in names)
     assert set(prov["cohort_sha256"]) >= {"manifest", "vcf", "reference", "regions", "atlas"}
-    calls = counting(monkeypatch)
+    calls = export_calls  # the splits embedded from here on
     export(ckpt, out_dir=out, format="npy", embedding_map=False, progress=False)
     assert calls == []  # every split's files unchanged: nothing recomputed
     np.save(out / "val_brain.npy", np.zeros((1, 512), np.float32))  # changed behind the export's back
@@ -116,14 +105,14 @@ def test_provenance_records_every_file_and_a_rerun_redoes_only_a_changed_one(tra
     assert len(calls) == 3 and (out / "test.safetensors").is_file()
 
 
-def test_the_map_is_written_and_a_wrong_covariate_is_refused_before_compute(trained, exports, monkeypatch, tmp_path):
+def test_the_map_is_written_and_a_wrong_covariate_is_refused_before_compute(trained, exports, export_calls, tmp_path):
     png = exports["parquet"]["map"]
     assert png.name == "embedding_map.png"
     image = mpimg.imread(png)
     assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]  # three panels side by side
     prov = json.loads((png.parent / "provenance.json").read_text())
     assert prov["map"] == {"file": png.name, "sha256": sha256_file(png), "color_by": "age", "method": "pca"}
-    calls = counting(monkeypatch)
+    calls = export_calls  # the splits embedded from here on
     with pytest.raises(FusionInputError, match=r"color_by='height'.*age \(continuous\), sex \(categorical\)"):
         export(trained[0], out_dir=tmp_path / "x", color_by="height")
     assert calls == []

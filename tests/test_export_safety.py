@@ -19,7 +19,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import fusion.export as export_module
 from fusion.cohort import load_cohort
 from fusion.errors import UnsafeConfigError
 from fusion.export import export
@@ -35,23 +34,13 @@ def trained(tmp_path_factory, demo_cache, train_config):
     return tmp / "run" / "checkpoints" / "last.ckpt", objs["datamodule"].split_sizes()
 
 
-def counting(monkeypatch) -> list:
-    calls, real = [], export_module.embed_split
-
-    def embed(model, loader):
-        calls.append(loader)
-        return real(model, loader)
-
-    monkeypatch.setattr(export_module, "embed_split", embed)
-    return calls
-
 
 def fused(path: Path) -> np.ndarray:
     return np.stack(pq.read_table(path).to_pandas()["fused"].to_numpy())
 
 
 @pytest.mark.slow
-def test_export_killed_half_way_reruns_only_the_rest(trained, tmp_path, monkeypatch):
+def test_export_killed_half_way_reruns_only_the_rest(trained, tmp_path, export_calls):
     ckpt, sizes = trained
     out = tmp_path / "export"
     script = (
@@ -74,7 +63,7 @@ def test_export_killed_half_way_reruns_only_the_rest(trained, tmp_path, monkeypa
     (out / ".val.parquet.tmp-12345").write_bytes(b"PAR1 half")  # as a kill during a write would leave
     mtime = (out / "train.parquet").stat().st_mtime_ns
 
-    calls = counting(monkeypatch)
+    calls = export_calls  # the splits embedded from here on
     written = export(ckpt, out_dir=out)
     assert len(calls) == 2  # val and test only
     assert (out / "train.parquet").stat().st_mtime_ns == mtime and not list(out.glob(".*.tmp-*"))

@@ -172,3 +172,14 @@ def test_cohort_read_once_drives_transforms_and_config_split_fractions(tmp_path,
     assert run.report.split_source == "hash of subject_id" and run.datamodule.split_sizes()["train"] >= 8
     metrics, _ = train(compose_train(tmp_path, cache, [*overrides, "+trainer.fast_dev_run=true"]))
     assert np.isfinite(metrics["train/loss"]) and 0 <= metrics["test/g2b/R@1"] <= 1
+
+
+def test_a_batch_larger_than_the_training_split_is_a_user_error(tmp_path, cache, compose_train):
+    from fusion.app.build import build
+    from fusion.app.cohort_source import resolve_cohort
+    from fusion.errors import FusionInputError
+
+    cfg = compose_train(tmp_path, cache, ["data.batch_size=100000"])
+    resolve_cohort(cfg)
+    with pytest.raises(FusionInputError, match=r"manifest\.csv: \d+ training subjects, fewer than batch_size=100000"):
+        build(cfg)

@@ -73,8 +73,9 @@ def build(cfg: DictConfig, inputs: Inputs | None = None) -> Run:
     genomics_transform, brain_transform = inputs.genomics_transform, inputs.brain_transform
     cohort_args = set(inspect.signature(load_cohort).parameters)
     loader = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in cohort_args}
-    datamodule = instantiate(
-        loader,
+    # _partial_: the cohort and transforms reach the datamodule as the objects they are (instantiate's own kwargs
+    # would copy the Cohort dataclass into an OmegaConf node: slow for large cohorts, and its properties lost)
+    datamodule = instantiate(loader, _partial_=True)(
         cohort=cohort,
         genomics_transform=genomics_transform,
         brain_transform=brain_transform,

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from fusion.cohort import SPLITS, Cohort
 from fusion.data import EpochSampler, PairedDataset
+from fusion.errors import FusionInputError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class AlignmentDataModule(L.LightningDataModule):
         self.features: dict = {}  # modality -> fusion.feature_cache.FeatureTable, after setup()
         n_train = int((cohort.subjects["split"] == "train").sum())
         if n_train < batch_size:
-            raise ValueError(
+            raise FusionInputError(
                 f"{cohort.manifest}: {n_train} training subjects, fewer than batch_size={batch_size}; "
                 "lower data.batch_size or add subjects"
             )
