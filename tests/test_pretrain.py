@@ -57,7 +57,7 @@ def experiment(tmp_path_factory, fasta, train_config):
 
 def tiny_cfg(train_config, tmp_path: Path, cache: Path, fasta: Path, **changes):
     """A genomics=caduceus_tiny run config whose cohort reference is `fasta` (as resolve_cohort would leave it)."""
-    args = ["genomics=caduceus_tiny", *overrides("genomics.pretrain.", **changes)]
+    args = ["genomics=caduceus_tiny", "genomics/pooling=mean", *overrides("genomics.pretrain.", **changes)]  # ids in
     cfg = train_config(tmp_path, cache, args, tiny=False)
     with open_dict(cfg):
         cfg.data.reference = str(fasta)
