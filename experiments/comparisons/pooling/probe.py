@@ -179,6 +179,8 @@ def fill_cache(cfg, inputs, overrides: dict, store: dict, items: dict) -> str:
     """Store the pooled embeddings of `overrides` for every subject of `items` in the run's disk cache."""
     enc = caduceus_encoder(cfg, inputs, overrides, store)
     enc.cache_dir = cfg.genomics.encoder.cache_dir
+    if getattr(enc, "site_norm", False):
+        enc.fit(items["train"])  # as the module's on_fit_start: the training subjects only
     for split_items_ in items.values():
         features(enc, split_items_)
     return f"{len(enc.disk_cache())} pooled embeddings in {enc.disk_cache().root}"
