@@ -115,6 +115,11 @@ def load_other(cfg: DictConfig, trained: Inputs, model, eval_batch_size: int):
     return inputs, datamodule
 
 
+def first_difference(a: list, b: list) -> int:
+    """Index of the first position where two lists differ (the shorter's length when one extends the other)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def check_compatible(trained: Inputs, new: Inputs, pinned: int | None = None) -> None:
     """Raise CohortMismatch listing every difference that matters to the trained model (module docstring)."""
     a, b = trained.cohort, new.cohort
@@ -122,7 +127,7 @@ def check_compatible(trained: Inputs, new: Inputs, pinned: int | None = None) ->
     ra = [(r.name, r.contig, r.start, r.end) for r in a.regions]
     rb = [(r.name, r.contig, r.start, r.end) for r in b.regions]
     if ra != rb:
-        first = next((i for i, (x, y) in enumerate(zip(ra, rb)) if x != y), min(len(ra), len(rb)))
+        first = first_difference(ra, rb)
         problems.append(
             f"data.regions={b.files['regions']}: {len(rb)} usable regions, the model was trained on {len(ra)} "
             f"({a.files['regions']}); first difference at region {first + 1}: "
@@ -171,7 +176,7 @@ def genomics_differences(trained: Inputs, new: Inputs, pinned: int | None) -> li
     if hasattr(ta, "table") and hasattr(ta.table, "sites"):  # dosages: one feature per genotype site
         sa, sb = [s.name for s in ta.table.sites], [s.name for s in tb.table.sites]
         if sa != sb:
-            first = next((i for i, (x, y) in enumerate(zip(sa, sb)) if x != y), min(len(sa), len(sb)))
+            first = first_difference(sa, sb)
             out.append(
                 f"data.genotypes={tb.genotypes}: {len(sb)} genotype sites in the regions, the model's dosage encoder "
                 f"has {len(sa)} ({ta.genotypes}); first difference at site {first + 1}: "
