@@ -6,8 +6,9 @@ them only, scored once on the test subjects.
   cross-validation (scikit-learn RidgeCV); score R^2 on test (negative = worse than predicting the training mean).
 - categorical covariate (sex, site): standardise, then L2 logistic regression with C chosen by stratified k-fold
   cross-validation on balanced accuracy (the choice GridSearchCV over the pipeline makes, but each fold's scaler and
-  rotation fitted once and shared by every C: 6 SVDs of wide raw features per probe, not 36); scores balanced accuracy (chance
-  = 1 / n_classes) and ROC AUC (binary; one-vs-rest macro for more classes; NaN when the test split lacks a class).
+  rotation fitted once and shared by every C: 6 SVDs of wide raw features per probe, not 36); scores balanced
+  accuracy (chance = 1 / n_classes) and ROC AUC (binary; one-vs-rest macro for more classes; NaN when the test
+  split lacks a class).
 Subjects whose covariate is missing (NaN, or "" for a category) are left out of that probe; test subjects of a class
 never seen in training too. A covariate that cannot be probed (fewer than two classes, a class with one training
 subject, fewer than 3 training values) is skipped and named in the log.
