@@ -158,6 +158,7 @@ class Cohort:
             return {
                 "reference": self.reference, "vcf": self.vcf, "regions": self.regions, "n_regions": self.n_regions,
                 "train_subjects": train, "genotypes": self.files.get("genotypes", self.vcf),
+                "subjects": self.subjects,
             }  # fmt: skip
         if modality == "brain":
             return {

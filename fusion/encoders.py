@@ -21,14 +21,16 @@ Its inputs come from a transform (a plain callable, built from the same Hydra co
 Cohort facts reach transforms and encoders by constructor parameter name: fusion.app.build loads the cohort once
 (fusion.cohort.load_cohort) and passes each of these that the constructor names and the config leaves unset
 (Cohort.inputs):
-    genomics: reference (FASTA path), vcf (path), regions (list[genomics.regions.Region], after exclusion),
-              n_regions (R)
+    genomics: reference (FASTA path), vcf (path), genotypes (path), regions (list[genomics.regions.Region], after
+              exclusion), n_regions (R), train_subjects (ids), subjects (the Cohort.subjects table)
     brain:    atlas (label image in memory), labels (sorted atlas labels, the P axis),
               atlas_coords / coords (brain.preprocess.AtlasCoords or None), n_parcels (P)
 so a config never names a cohort file or count; then what the transform derives from the data, by the same rule
 (transform.encoder_inputs(), when it has one): GenotypeDosages -> n_sites, train_means; PersonalSequenceTokens(
 sites=True) -> reference_ids (R, L) and reference_sites (R, S), the regions' reference tokenised like a haplotype.
-Transforms open nothing until first called and are picklable.
+Transforms open nothing until first called and are picklable. Several genetic inputs at once (genomics_inputs in
+train.yaml; fusion.multi_input): each input is a transform + encoder + head as above, and the tower's transform,
+encoder and head are their MultiInput* combinations (a dict {"inputs", "mask"} per subject, then (B, sum d_i + N)).
 """
 
 from __future__ import annotations

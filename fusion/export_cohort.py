@@ -25,9 +25,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fusion.app.build import Inputs, build_inputs, use_feature_cache
+from fusion.app.build import Inputs, build_inputs, genomics_nodes, use_feature_cache
 from fusion.app.cohort_source import COHORT_KEYS
 from fusion.errors import FusionInputError
+from fusion.multi_input import MAIN, MultiInputTransform
 from genomics.checkpoints import sha256_file
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,22 @@ def default_out_dir(run_dir: Path, files: dict[str, dict]) -> Path:
     return run_dir / f"export_{Path(files['manifest']['path']).stem}_{digest[:8]}"
 
 
-def pin_length(cfg: DictConfig, trained: Inputs) -> int | None:
-    """A tokens transform whose L came from the data (max_len null) gets the training run's L; that L, or None."""
-    transform = trained.genomics_transform
-    node = cfg.genomics.get("transform")
-    if node is None or "max_len" not in node or node.max_len is not None or not hasattr(transform, "length"):
-        return None
-    with open_dict(cfg):
-        cfg.genomics.transform.max_len = int(transform.length)
-    return int(transform.length)
+def input_transforms(transform) -> dict:
+    """{name: transform} of a genomics tower's inputs: MAIN alone, or every input of a MultiInputTransform."""
+    return dict(transform.transforms) if isinstance(transform, MultiInputTransform) else {MAIN: transform}
+
+
+def pin_length(cfg: DictConfig, trained: Inputs) -> dict[str, int]:
+    """Each tokens transform whose L came from the data (max_len null) gets the training run's L: {input: L}."""
+    nodes, pinned = genomics_nodes(cfg), {}
+    for name, transform in input_transforms(trained.genomics_transform).items():
+        node = nodes[name].get("transform")
+        if node is None or "max_len" not in node or node.max_len is not None or not hasattr(transform, "length"):
+            continue
+        with open_dict(cfg):
+            node.max_len = int(transform.length)
+        pinned[name] = int(transform.length)
+    return pinned
 
 
 def load_other(cfg: DictConfig, trained: Inputs, model, eval_batch_size: int):
@@ -120,7 +128,7 @@ def first_difference(a: list, b: list) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def check_compatible(trained: Inputs, new: Inputs, pinned: int | None = None) -> None:
+def check_compatible(trained: Inputs, new: Inputs, pinned: dict[str, int] | None = None) -> None:
     """Raise CohortMismatch listing every difference that matters to the trained model (module docstring)."""
     a, b = trained.cohort, new.cohort
     problems = []
@@ -139,7 +147,13 @@ def check_compatible(trained: Inputs, new: Inputs, pinned: int | None = None) ->
     if differ and ra == rb:
         problems.append(f"data.reference={b.files['reference']}: another genome than the model's "
                         f"({a.files['reference']}): {', '.join(differ[:5])}")  # fmt: skip
-    problems += genomics_differences(trained, new, pinned)
+    new_inputs = input_transforms(new.genomics_transform)
+    for name, ta in input_transforms(trained.genomics_transform).items():
+        if name not in new_inputs:
+            problems.append(f"genomics_inputs.{name}: the model has this input; give it here too")
+            continue
+        key = "data" if name == MAIN else f"genomics_inputs.{name}.transform"  # where its files are given
+        problems += genomics_differences(ta, new_inputs[name], new, (pinned or {}).get(name), key)
     la, lb = np.asarray(a.labels), np.asarray(b.labels)
     if la.shape != lb.shape or not np.array_equal(la, lb):
         only = sorted(set(lb.tolist()) ^ set(la.tolist()))[:10]
@@ -167,18 +181,20 @@ def region(regions: list[tuple], i: int) -> str:
     return f"{regions[i][0]} {regions[i][1]}:{regions[i][2] + 1}-{regions[i][3]}" if i < len(regions) else "none"
 
 
-def genomics_differences(trained: Inputs, new: Inputs, pinned: int | None) -> list[str]:
-    ta, tb = trained.genomics_transform, new.genomics_transform
+def genomics_differences(ta, tb, new: Inputs, pinned: int | None, key: str = "data") -> list[str]:
+    """What differs between one genomics input's transform in training (ta) and here (tb); `key`: the config node
+    that names its files (data, or genomics_inputs.<name>.transform)."""
     out = []
     if getattr(ta, "sites", False) and ta.n_sites != tb.n_sites:
-        out.append(f"data.vcf={new.cohort.vcf}: at most {tb.n_sites} sites per region, the model's site-aware "
-                   f"encoder was built for {ta.n_sites} ({trained.cohort.vcf})")  # fmt: skip
+        vcf = getattr(tb, "vcf", None) or new.cohort.vcf
+        out.append(f"{key}.vcf={vcf}: at most {tb.n_sites} sites per region, the model's site-aware encoder was "
+                   f"built for {ta.n_sites}")  # fmt: skip
     if hasattr(ta, "table") and hasattr(ta.table, "sites"):  # dosages: one feature per genotype site
         sa, sb = [s.name for s in ta.table.sites], [s.name for s in tb.table.sites]
         if sa != sb:
             first = first_difference(sa, sb)
             out.append(
-                f"data.genotypes={tb.genotypes}: {len(sb)} genotype sites in the regions, the model's dosage encoder "
+                f"{key}.genotypes={tb.genotypes}: {len(sb)} genotype sites in the regions, the model's dosage encoder "
                 f"has {len(sa)} ({ta.genotypes}); first difference at site {first + 1}: "
                 f"{nth(sb, first)} here, {nth(sa, first)} in training"
             )
@@ -192,11 +208,15 @@ def genomics_differences(trained: Inputs, new: Inputs, pinned: int | None) -> li
 
 def derived_differences(trained: Inputs, new: Inputs) -> list[str]:
     """Shapes and counts each transform derives from the data for its encoder (transform.encoder_inputs())."""
+    pairs = [("brain", trained.brain_transform, new.brain_transform)]
+    new_inputs = input_transforms(new.genomics_transform)
+    for name, ta in input_transforms(trained.genomics_transform).items():
+        if name in new_inputs:
+            pairs.append(("genomics" if name == MAIN else f"genomics_inputs.{name}", ta, new_inputs[name]))
     out = []
-    for modality in ("genomics", "brain"):
-        ta, tb = getattr(trained, f"{modality}_transform"), getattr(new, f"{modality}_transform")
+    for what, ta, tb in pairs:
         if getattr(ta, "window", None) != getattr(tb, "window", None):
-            out.append(f"{modality}.transform.window: {tb.window}, the model's {ta.window}")
+            out.append(f"{what}.transform.window: {tb.window}, the model's {ta.window}")
         if not hasattr(ta, "encoder_inputs"):
             continue
         da, db = ta.encoder_inputs(), tb.encoder_inputs()
@@ -204,5 +224,5 @@ def derived_differences(trained: Inputs, new: Inputs) -> list[str]:
             x, y = da.get(key), db.get(key)
             x, y = (tuple(v.shape) if isinstance(v, torch.Tensor | np.ndarray) else v for v in (x, y))
             if x != y:
-                out.append(f"{modality} input {key}: {y} from {new.cohort.manifest}, {x} when the model was built")
+                out.append(f"{what} input {key}: {y} from {new.cohort.manifest}, {x} when the model was built")
     return out

@@ -109,18 +109,23 @@ def file_digest(path: str | Path) -> str:
     return _HASHES[memo]
 
 
+def file_digests(name: str, path: str | Path) -> dict[str, str]:
+    """{name: digest} of a file, plus its PLINK companions' ({name + ".pvar": ...}) when it is a .pgen / .bed."""
+    out = {name: file_digest(path)}
+    for suffix in _PLINK_COMPANIONS.get(Path(path).suffix, ()):
+        companion = Path(path).with_suffix(suffix)
+        if companion.exists():
+            out[name + suffix] = file_digest(companion)
+    return out
+
+
 def cohort_settings(cohort, modality: str) -> dict:
     """The cohort-level inputs of a modality's features: file contents and the regions / labels in use."""
     files = {}
     for name in COHORT_FILES[modality]:
         path = cohort.files.get(name)
-        if path is None:
-            continue
-        files[name] = file_digest(path)
-        for suffix in _PLINK_COMPANIONS.get(Path(path).suffix, ()):
-            companion = Path(path).with_suffix(suffix)
-            if companion.exists():
-                files[name + suffix] = file_digest(companion)
+        if path is not None:
+            files |= file_digests(name, path)
     if modality == "genomics":
         used = [f"{r.contig}:{r.start}-{r.end}" for r in cohort.regions]
     else:

@@ -158,7 +158,13 @@ class GenotypeDosages:
 
     def encoder_inputs(self) -> dict:
         table = self.table
-        train = table.dosages if self.train_subjects is None else table.dosages[:, table.columns(self.train_subjects)]
+        train = table.dosages
+        if self.train_subjects is not None:  # training subjects that are samples here (a further genetic input may
+            present = [s for s in self.train_subjects if s in self._columns]  # lack some: fusion.multi_input)
+            if not present:
+                raise ValueError(f"{self.genotypes}: none of the {len(self.train_subjects)} training subjects is a "
+                                 f"sample of it; check the sample names against the manifest's subject_id")  # fmt: skip
+            train = table.dosages[:, table.columns(present)]
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a site with no called training genotype -> NaN
             means = np.nanmean(train, axis=1)  # (S,)

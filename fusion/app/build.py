@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import partial
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
@@ -14,7 +15,10 @@ from fusion.app.datamodule import AlignmentDataModule
 from fusion.app.module import AlignmentModule
 from fusion.cohort import Cohort, CohortError, CohortReport, exclude_short_scans, load_cohort
 from fusion.cohort_checks import Problem
-from fusion.feature_cache import FrozenFeatureCache, cached_modalities, identity_settings
+from fusion.feature_cache import FrozenFeatureCache, cached_modalities, file_digest, file_digests, identity_settings
+from fusion.multi_input import MAIN, MultiInputEncoder, MultiInputHead, MultiInputTransform
+
+FILE_SETTINGS = ("genotypes", "vcf", "reference")  # transform keys naming a file an input reads (content-hashed)
 
 
 def instantiate_dict(cfg: DictConfig | None) -> list:
@@ -49,7 +53,11 @@ def build_inputs(cfg: DictConfig, checks: str = "cheap", raise_on_error: bool = 
     haplotypes longer than the genomics encoder's context (fusion.app.checks). raise_on_error=False (validation)
     reports those in the returned report instead of raising CohortError."""
     cohort, report = load_cohort(**cohort_arguments(cfg), checks=checks)
-    genomics_transform = instantiate_with(cfg.genomics.transform, cohort.inputs("genomics"))
+    nodes = genomics_nodes(cfg)
+    transforms = {name: instantiate_with(node.transform, cohort.inputs("genomics")) for name, node in nodes.items()}
+    genomics_transform = transforms[MAIN]
+    if len(transforms) > 1:
+        genomics_transform = MultiInputTransform(transforms, cohort.subjects["subject_id"].astype(str).tolist())
     brain_transform = instantiate_with(cfg.brain.transform, cohort.inputs("brain"))
     strict = bool(cfg.data.get("strict", False)) and raise_on_error
     try:
@@ -58,9 +66,10 @@ def build_inputs(cfg: DictConfig, checks: str = "cheap", raise_on_error: bool = 
         if raise_on_error:
             raise
         report.problems.append(Problem("error", str(cohort.manifest), "no usable subject left (see above)"))
-    problem = check_context(cfg.genomics, genomics_transform, cohort.regions, report)
-    if problem is not None and problem.severity == "error" and raise_on_error:
-        raise CohortError(f"{problem}\n{report.summary()}", report)
+    for name, node in nodes.items():
+        problem = check_context(node, transforms[name], cohort.regions, report)
+        if problem is not None and problem.severity == "error" and raise_on_error:
+            raise CohortError(f"{problem}\n{report.summary()}", report)
     return Inputs(cohort, report, genomics_transform, brain_transform)
 
 
@@ -80,12 +89,8 @@ def build(cfg: DictConfig, inputs: Inputs | None = None) -> Run:
         genomics_transform=genomics_transform,
         brain_transform=brain_transform,
     )
-    net = {
-        "genomics_encoder": instantiate_with(
-            cfg.genomics.encoder, encoder_inputs(cohort, "genomics", genomics_transform)
-        ),
-        "brain_encoder": instantiate_with(cfg.brain.encoder, encoder_inputs(cohort, "brain", brain_transform)),
-    }
+    net = genomics_tower(cfg, cohort, genomics_transform)
+    net["brain_encoder"] = instantiate_with(cfg.brain.encoder, encoder_inputs(cohort, "brain", brain_transform))
     model = instantiate(cfg.model, net=net)
     use_feature_cache(cfg, cohort, datamodule, model, {"genomics": genomics_transform, "brain": brain_transform})
     return Run(cohort, report, datamodule, model)
@@ -101,15 +106,22 @@ def use_feature_cache(cfg: DictConfig, cohort: Cohort, datamodule, model: Alignm
     cached = cached_modalities(options.enabled, {m: (t.encoder, transforms[m]) for m, t in towers.items()})
     if not cached:
         return []
-    settings = {
-        m: identity_settings(
-            m,
-            OmegaConf.to_container(cfg[m].encoder, resolve=True),
-            OmegaConf.to_container(cfg[m].transform, resolve=True),
-            cohort,
-        )
-        for m in cached
-    }
+    nodes = {"genomics": genomics_nodes(cfg), "brain": {MAIN: cfg.brain}}
+    settings = {}
+    for m in cached:
+        parts = {k: OmegaConf.to_container(v, resolve=True) for k, v in nodes[m].items()}
+        if len(parts) == 1:  # one input: its own settings (the store keys of runs without genomics_inputs)
+            settings[m] = identity_settings(m, parts[MAIN]["encoder"], parts[MAIN]["transform"], cohort)
+        else:
+            encoders = {k: p["encoder"] for k, p in parts.items()}
+            settings[m] = identity_settings(m, encoders, {k: p["transform"] for k, p in parts.items()}, cohort)
+            # what the inputs read beyond the cohort's genomics files: the manifest (columns) and files they name
+            named = {"manifest": file_digest(cohort.files["manifest"])}
+            for k, p in parts.items():
+                for key in FILE_SETTINGS:
+                    if p["transform"].get(key):
+                        named |= file_digests(f"{k}.{key}", p["transform"][key])
+            settings[m]["input_files"] = named
     cache = FrozenFeatureCache(
         options.dir,
         {m: (towers[m].encoder, settings[m]) for m in cached},
@@ -120,6 +132,31 @@ def use_feature_cache(cfg: DictConfig, cohort: Cohort, datamodule, model: Alignm
     for m in cached:
         towers[m].precomputed = True
     return cached
+
+
+def genomics_nodes(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The genetic inputs' config nodes (transform, encoder, head each): MAIN = cfg.genomics, then every
+    genomics_inputs.<name> (fusion.multi_input: `+genomics@genomics_inputs.<name>=<option>`)."""
+    extra = cfg.get("genomics_inputs") or {}
+    if MAIN in extra:
+        raise ValueError(f"genomics_inputs.{MAIN}: that name is the genomics= input's; choose another")
+    return {MAIN: cfg.genomics, **extra}
+
+
+def genomics_tower(cfg: DictConfig, cohort: Cohort, transform) -> dict:
+    """{"genomics_encoder": ...} for the model's net, plus "genomics_head" (a factory) with several inputs: each
+    input's encoder from its own transform, the heads from each input's head node (fusion.multi_input)."""
+    if not isinstance(transform, MultiInputTransform):
+        inputs = encoder_inputs(cohort, "genomics", transform)
+        return {"genomics_encoder": instantiate_with(cfg.genomics.encoder, inputs)}
+    nodes = genomics_nodes(cfg)
+    encoders = {
+        name: instantiate_with(node.encoder, encoder_inputs(cohort, "genomics", transform.transforms[name]))
+        for name, node in nodes.items()
+    }
+    encoder = MultiInputEncoder(encoders)
+    heads = {name: instantiate(node.head) for name, node in nodes.items()}  # partials: head(in_dim=...)
+    return {"genomics_encoder": encoder, "genomics_head": partial(MultiInputHead, heads=heads, widths=encoder.widths)}
 
 
 def encoder_inputs(cohort: Cohort, modality: str, transform) -> dict:
