@@ -4,7 +4,7 @@
         every candidate below (or those named); ranked by validation metrics at the selected epoch (early stopping on
         optimized_metric, val/g2b/R@5), mean over the seeds run
     python experiments/comparisons/heads/sweep.py final --out DIR --candidates baseline,NAME [--seeds 0 1 2]
-        more seeds of the named candidates (before / after)
+        more seeds of the named candidates (before / after; their test metrics are the only ones the report shows)
     python experiments/comparisons/heads/sweep.py report --out DIR
         -> results.md and results.json beside this file
 
@@ -111,7 +111,10 @@ def load(out: Path) -> pd.DataFrame:
 
 
 def ranked(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per candidate, ranked by val/g2b/R@5 (optimized_metric), then val mean ranks (lower first)."""
+    """Mean over the seeds every candidate ran (the selection's) per candidate, ranked by val/g2b/R@5
+    (optimized_metric), then val mean ranks (lower first)."""
+    common = set.intersection(*(set(group["seed"]) for _, group in table.groupby("name")))
+    table = table[table["seed"].isin(common)]
     agg = table.groupby("name").agg(
         seeds=("seed", "count"),
         params=("params", "first"),
@@ -124,10 +127,17 @@ def ranked(table: pd.DataFrame) -> pd.DataFrame:
     return agg.sort_values(["val/g2b/R@5", "val/mean_rank"], ascending=[False, True])
 
 
+def cell(value, column: str) -> str:
+    """A table cell: counts as integers, everything else numeric with three decimals."""
+    if column in ("seeds", "params"):
+        return str(int(value))
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def md_table(df: pd.DataFrame, columns: list[str], index: str) -> str:
     lines = ["| " + " | ".join([index, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
     for key, row in df.iterrows():
-        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        cells = [cell(row[c], c) for c in columns]
         lines.append("| " + " | ".join([str(key), *cells]) + " |")
     return "\n".join(lines)
 
@@ -135,9 +145,15 @@ def md_table(df: pd.DataFrame, columns: list[str], index: str) -> str:
 def report(out: Path) -> None:
     runs = load(out)
     table = ranked(runs)
-    sections = ["## Selection (validation only)", md_table(table, list(table.columns), "candidate")]
+    best = table.index[0]
+    sections = [
+        "## Selection (validation only)",
+        f"Validation picks `{best}` (highest val/g2b/R@5 at the selected epoch, then the lower mean rank).",
+        md_table(table, list(table.columns), "candidate"),
+    ]
     result = {"runs": runs.to_dict("records"), "ranked": table.reset_index().to_dict("records")}
-    final = runs[runs["name"].map(runs["name"].value_counts()) > 1]  # the candidates run with several seeds
+    chosen = json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else []
+    final = runs[runs["name"].isin(chosen)]  # the candidates of the final stage (before / after)
     if len(final):
         cols = ["best_epoch", "epochs_trained", "wall_s", *TEST]
         sections += ["## Test (before/after, per seed)", md_table(final.set_index(["name", "seed"])[cols], cols, "run")]
@@ -164,6 +180,9 @@ def main() -> None:
         report(out)
         return
     names = args.only or list(CANDIDATES) if args.stage == "select" else args.candidates.split(",")
+    if args.stage == "final":
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "final.json").write_text(json.dumps(names))
     for seed in args.seeds:
         for name in names:
             run(out, name, seed)
