@@ -25,7 +25,7 @@ class ProjectionHead(nn.Module):
         in_dim: int,
         hidden_dim: int | None = 1024,  # width of the hidden layer; None = a linear head (no hidden layer)
         out_dim: int = 512,
-        dropout: float = 0.1,  # dropout after the hidden layer's GELU
+        dropout: float = 0.5,  # dropout after the hidden layer's GELU (configs/head/projection.yaml's default)
         input_norm: bool = False,  # BatchNorm1d(affine=False) on the input features
         input_noise: float = 0.0,  # std of Gaussian noise added to the (normalised) input features while training
         input_dropout: float = 0.0,  # dropout on the (normalised) input features
