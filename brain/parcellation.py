@@ -19,6 +19,11 @@ per window (as before). Several runs: brain.windows.cut_run_windows. TR (`t_r`, 
 header's) is checked against `expected_t_r` by review() (fusion.cohort reports it), or with resample_t_r=true each
 run whose TR differs is resampled to it in time (resample_series).
 
+Sharing: with `cache` on, a scan's run series are also kept in a process-wide store keyed by the atlas file, every
+setting that changes them and each run file's (path, size, modification time) and its confounds / mask files', so the
+transforms of several runs in one process (fusion.compare's cells, train then export) read and parcellate each scan
+once (SHARED_MAX_BYTES bounds it; the oldest entries go first).
+
 Batching: `window=None` keeps every retained volume of each subject (whole scan, runs concatenated), so scans in a
 batch differ in length; the datamodule batches them with `ParcelTimeSeries.collate` (brain.windows.collate_windows:
 the shorter padded with NaN frames, which FunctionalConnectivity ignores), never by cropping.
@@ -26,6 +31,8 @@ the shorter padded with NaN frames, which FunctionalConnectivity ignores), never
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from pathlib import Path
 
 import nibabel as nib
@@ -36,6 +43,30 @@ from brain.confounds import check_strategy, load_confounds
 from brain.errors import BrainInputError
 from brain.scans import Run, Scan, ScanReview, read_parcel_table, scan_for
 from brain.windows import collate_windows, cut_run_windows
+
+SHARED_MAX_BYTES = 2 << 30  # the process-wide store of run series (module docstring, "Sharing")
+_SHARED: OrderedDict[tuple, tuple[list[np.ndarray], float | None]] = OrderedDict()  # key -> (runs, first run's TR)
+
+
+def _file_id(path) -> tuple | None:
+    """(resolved path, size, mtime_ns) of a file; None for no file."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:  # reading it raises the error that names it (load_bold, read_parcel_table)
+        return (str(path), None)
+    return (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _share(key: tuple, runs: list[np.ndarray], t_r: float | None) -> None:
+    for x in runs:
+        x.setflags(write=False)  # shared between transforms: nobody may change them in place
+    _SHARED[key] = (runs, t_r)
+    total = sum(x.nbytes for entry in _SHARED.values() for x in entry[0])
+    while total > SHARED_MAX_BYTES and len(_SHARED) > 1:
+        old, _ = _SHARED.popitem(last=False)
+        total -= sum(x.nbytes for x in old)
 
 
 def load_bold(path: str | Path, *, min_frames: int = 2) -> nib.Nifti1Image:
@@ -190,6 +221,13 @@ class ParcelTimeSeries:
         key = str(fmri_path)
         if key in self._series:
             return self._series[key]
+        shared = self._shared_key(fmri_path) if self.cache else None
+        if shared in _SHARED:
+            out, t_r = _SHARED[shared]
+            if t_r is not None:
+                self._t_r[key] = t_r
+            self._series[key] = out
+            return out
         out = []
         for i, run in enumerate(scan_for(self.scans, fmri_path).runs):
             series, t_r = self._raw(run)
@@ -205,7 +243,23 @@ class ParcelTimeSeries:
             out.append(series)
         if self.cache:
             self._series[key] = out
+            if shared is not None:
+                _share(shared, out, self._t_r.get(key))
         return out
+
+    def _shared_key(self, fmri_path: str | Path) -> tuple | None:
+        """The process-wide store's key of a scan's run series (module docstring); None when the atlas is an image
+        object (no file to identify it by)."""
+        if isinstance(self.atlas, nib.Nifti1Image | nib.Cifti2Image):
+            return None
+        runs = tuple(
+            (_file_id(r.path), _file_id(r.confounds), _file_id(r.mask), r.t_r, r.n_volumes)
+            for r in scan_for(self.scans, fmri_path).runs
+        )
+        settings = (self.detrend, self.low_pass, self.high_pass, self.t_r, self.confounds, self.expected_t_r,
+                    self.t_r_tolerance, self.resample_t_r)  # fmt: skip
+        labels = None if self._labels is None else tuple(self._labels.tolist())
+        return (_file_id(self.atlas), labels, settings, runs)
 
     def _resamples(self, t_r: float | None) -> bool:
         if not self.resample_t_r or self.expected_t_r is None or t_r is None:

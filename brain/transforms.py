@@ -76,6 +76,10 @@ class BrainLMParcels:
         )  # fmt: skip
         self._stats = None
         self._checked = False
+        self._scaled: dict[str, list[np.ndarray]] = {}  # path -> scaled runs (deterministic: scaled once)
+
+    def __getstate__(self):  # dataloader workers scale for themselves
+        return {**self.__dict__, "_scaled": {}}
 
     def _check_labels(self) -> None:
         if self._checked:
@@ -110,7 +114,10 @@ class BrainLMParcels:
     def run_series(self, fmri_path: str | Path) -> list[np.ndarray]:
         """Each run as a scaled (T_r, P) float32 series."""
         self._check_labels()
-        return [self._scale(x) for x in self._parcels.run_series(fmri_path)]
+        key = str(fmri_path)
+        if key not in self._scaled:
+            self._scaled[key] = [self._scale(x) for x in self._parcels.run_series(fmri_path)]
+        return self._scaled[key]
 
     def series(self, fmri_path: str | Path) -> np.ndarray:
         """The (first run of the) scan as a scaled (T, P) float32 series."""

@@ -91,3 +91,25 @@ def test_volume_windows_errors(scan, tmp_path):
     with pytest.raises(ValueError, match="layout"):
         VolumeWindows(layout="other")
     pickle.dumps(VolumeWindows())
+
+
+def test_transforms_in_one_process_parcellate_a_scan_once(tmp_path, atlas_files, synth, monkeypatch):
+    from brain import parcellation
+    from brain.parcellation import ParcelTimeSeries
+
+    monkeypatch.setattr(parcellation, "_SHARED", type(parcellation._SHARED)())
+    path = synth.make_scan(tmp_path / "sub-01_bold.nii.gz", n_frames=40, seed=3)
+    calls = []
+    real = ParcelTimeSeries._raw
+    monkeypatch.setattr(ParcelTimeSeries, "_raw", lambda self, run: calls.append(run.path) or real(self, run))
+    first = ParcelTimeSeries(atlas_files[0], window=None).run_series(path)[0]  # (40, 12)
+    again = BrainLMParcels(atlas_files[0], window=20)  # another transform (another run's), the same settings
+    assert np.array_equal(again._parcels.run_series(path)[0], first) and len(calls) == 1
+    assert np.array_equal(again.run_series(path)[0], again.run_series(path)[0])  # scaled once, then kept
+    with pytest.raises(ValueError):
+        first[0, 0] = 1.0  # shared arrays are read-only
+    assert len(ParcelTimeSeries(atlas_files[0], detrend=True, confounds="none").run_series(path)) == 1
+    assert len(calls) == 2  # other settings: computed again
+    synth.make_scan(path, n_frames=40, seed=4)  # the file rewritten: its size/mtime change the key
+    changed = ParcelTimeSeries(atlas_files[0]).run_series(path)[0]
+    assert len(calls) == 3 and not np.array_equal(changed, first)
