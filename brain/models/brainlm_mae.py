@@ -10,7 +10,8 @@ vandijklab/BrainLM `brainlm_mae/modeling_brainlm.py` (b591d88) for names and sha
             + sinusoidal PE over the time-patch index n            # pe (5000, H) buffer, then dropout 0.1
     flatten (P, N) -> random masking (mask_ratio; 0 for embeddings) -> prepend CLS -> Nystromformer layers (post-LN;
     num_landmarks == segment_means_seq_len makes the attention exact softmax, conv_kernel_size adds a depthwise conv on
-    V) -> layernorm. Embedding = CLS (token 0).
+    V) -> layernorm. Embedding = CLS (token 0). That exact softmax runs in torch's fused scaled_dot_product_attention
+    (ExactSoftmaxAttention: the same parameters and output, without the (B, heads, L, L) probabilities in memory).
 State dict = upstream BrainLMForPretraining: vit.embeddings.*, vit.encoder.layer.{i}.*, vit.layernorm.*, decoder.*
 (decoder optional here; it is only needed for masked reconstruction). Checkpoints: a Hugging Face folder with
 config.json (model_type brainlm_mae) and pytorch_model.bin or model.safetensors. Weights licence: CC BY-NC-ND 4.0.
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from transformers import NystromformerConfig
-from transformers.models.nystromformer.modeling_nystromformer import NystromformerLayer
+from transformers.models.nystromformer.modeling_nystromformer import NystromformerLayer, NystromformerSelfAttention
 
 from brain.models.common import WindowAveragingEncoder
 from brain.preprocess import read_atlas_coords
@@ -144,10 +145,36 @@ class BrainLMEmbeddings(nn.Module):
         return x, mask, ids_restore
 
 
+class ExactSoftmaxAttention(NystromformerSelfAttention):
+    """transformers' NystromformerSelfAttention whose exact branch (num_landmarks == segment_means_seq_len, BrainLM's
+    setting: softmax(q k^T / sqrt(d)) v, no attention dropout, plus the depthwise conv on v) is computed by
+    F.scaled_dot_product_attention. Same parameters and keys; the approximate branch is the parent's."""
+
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False):
+        if self.num_landmarks != self.seq_len or output_attentions:
+            return super().forward(hidden_states, attention_mask, output_attentions)
+        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)  # q, k, v: (B, heads, L, d)
+        q, k, v = (
+            f(hidden_states).view(shape).transpose(1, 2) for f in (self.query, self.key, self.value)
+        )  # (B,h,L,d)
+        context = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)  # (B, h, L, d)
+        if self.conv_kernel_size is not None:
+            context = context + self.conv(v)
+        return (context.transpose(1, 2).reshape(*hidden_states.shape[:-1], self.all_head_size),)  # (B, L, H)
+
+
+def nystromformer_layers(cfg: NystromformerConfig, n: int) -> nn.ModuleList:
+    """n NystromformerLayers whose self-attention is ExactSoftmaxAttention (a subclass without new state)."""
+    layers = nn.ModuleList([NystromformerLayer(cfg) for _ in range(n)])
+    for layer in layers:
+        layer.attention.self.__class__ = ExactSoftmaxAttention
+    return layers
+
+
 class BrainLMEncoderStack(nn.Module):
     def __init__(self, cfg: NystromformerConfig):
         super().__init__()
-        self.layer = nn.ModuleList([NystromformerLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.layer = nystromformer_layers(cfg, cfg.num_hidden_layers)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layer:
@@ -178,9 +205,7 @@ class BrainLMDecoder(nn.Module):
         d = cfg.decoder_hidden_size
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.decoder_embed = nn.Linear(cfg.hidden_size, d)
-        self.decoder_layers = nn.ModuleList(
-            [NystromformerLayer(cfg.nystromformer(True)) for _ in range(cfg.decoder_num_hidden_layers)]
-        )
+        self.decoder_layers = nystromformer_layers(cfg.nystromformer(True), cfg.decoder_num_hidden_layers)
         self.decoder_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.decoder_pred = nn.Linear(d, cfg.patch_size**2 * cfg.num_channels)  # inherited, unused (as upstream)
         self.decoder_xyz_projection = nn.Linear(3, cfg.hidden_size)  # upstream sizes these by the encoder width

@@ -157,3 +157,28 @@ def test_vitmae_v4_names_regex():
         "decoder.decoder_layers.0.output.dense.bias",
     }
     assert all(re.search(r"(q_proj|mlp)", k) is None for k in v4)
+
+
+def test_fused_exact_attention_equals_transformers_nystromformer():
+    from transformers.models.nystromformer.modeling_nystromformer import NystromformerSelfAttention
+
+    from brain.models.brainlm_mae import ExactSoftmaxAttention
+
+    torch.manual_seed(0)
+    model = BrainLMForPretraining(BrainLMConfig(**TINY), decoder=True).eval()  # eval: dropout off
+    signal, xyz = torch.randn(2, 12, 100), torch.randn(2, 12, 3)  # (B, P, T): 12 parcels x 5 patches
+    noise = torch.rand(2, 60)
+
+    def run():
+        model.zero_grad()
+        loss, pred, _ = model(signal, xyz, mask_ratio=0.75, noise=noise)
+        loss.backward()
+        return loss.detach(), pred.detach(), model.vit.encoder.layer[0].attention.self.query.weight.grad.clone()
+
+    fused = run()
+    attentions = [m for m in model.modules() if isinstance(m, ExactSoftmaxAttention)]
+    assert len(attentions) == 3  # two encoder layers and the decoder's
+    for m in attentions:
+        m.__class__ = NystromformerSelfAttention  # transformers' own forward (the explicit softmax)
+    for a, b in zip(fused, run()):  # loss, predictions (B, P, N, 20), a gradient
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
