@@ -221,8 +221,8 @@ def write(result: dict) -> None:
         "# Frozen-feature cache benchmark",
         "",
         f"`{result['command']}`; {m['cpu']}, {m['cpus']} CPUs visible, torch {m['torch']} with {m['torch_threads']} "
-        f"threads. The machine is shared with other jobs (load average at start {result['load_start']}, at end "
-        f"{result['load_end']}): wall times are indicative.",
+        f"threads. Load average at start {result['load_start']}, at end {result['load_end']} (on a shared machine "
+        f"wall times are indicative).",
         "",
     ]
     if result.get("runs"):
